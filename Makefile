@@ -1,0 +1,42 @@
+# depenc: `make help` lists the targets. Everything runs inside .venv, created by `make setup`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+EXP ?= depenc_small
+ARGS ?=
+RESUME ?=
+EXPS ?= baseline_matched_small depenc_small
+SEEDS ?= 1 2 3
+export WANDB_SILENT := true
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train test test-all clean
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
+	@echo ""
+	@echo "  make train EXP=depenc_small ARGS=\"trainer.max_steps=50 model.n_layer=2\""
+	@echo "  make train RESUME=runs/depenc_small/<run_id>      (continue a run)"
+
+setup: $(VENV)/.installed ## Create .venv from pyproject.toml (torch==2.13.0 first)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+train: setup ## Train EXP (default depenc_small); ARGS="key=value ..."; RESUME=<run folder> continues a run
+	$(PY) -m depenc.train $(if $(RESUME),--resume $(RESUME),$(EXP)) $(ARGS)
+
+test: setup ## Fast test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-all: setup ## All tests, slow ones included (DDP, kill-and-resume, real corpora)
+	$(PY) -m pytest -q -m ""
+
+clean: ## Remove caches and build artefacts (keeps runs/ and .venv)
+	rm -rf .cache build src/*.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

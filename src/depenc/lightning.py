@@ -1,0 +1,192 @@
+"""LightningModules: one base class holds all training/evaluation code; BaselineLM and DepEncLM
+differ only in the model config they build and in what DepEncLM logs about its encoder."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import lightning as L
+import torch
+import torch.nn as nn
+from torchmetrics import SumMetric
+
+from depenc.models.depenc import encoder_diagnostics
+from depenc.models.transformer import ModelConfig, Transformer
+
+
+def _metric_key(name: str) -> str:
+    return re.sub(r"[^0-9a-zA-Z_]", "_", name)
+
+
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total`` steps."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LMBase(L.LightningModule):
+    """Next-token training, per-evaluation-set perplexity / bits per byte / word perplexity.
+
+    hparams: ``model`` (ModelConfig dict), ``optim`` (lr, weight_decay, betas, warmup_steps,
+    min_lr_ratio, encoder_lr_mult), ``max_steps``, ``eval_sets`` / ``test_sets`` (names, in dataloader
+    order), ``split_stats`` (name -> n_tokens, n_bytes, n_words), ``kind``, ``log_encoder_every``.
+    """
+
+    kind = "base"
+
+    def __init__(
+        self,
+        model: dict,
+        optim: dict,
+        max_steps: int,
+        eval_sets: list[str],
+        test_sets: list[str],
+        split_stats: dict,
+        kind: str = "baseline",
+        tokens_per_step: int = 0,
+        log_encoder_every: int = 50,
+        run_config: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = Transformer(ModelConfig.from_dict(model))
+        names = {f"{stage}/{n}" for stage, sets in (("val", eval_sets), ("test", test_sets)) for n in sets}
+        self.nll_sums = nn.ModuleDict({_metric_key(n): SumMetric() for n in names})
+        self.token_counts = nn.ModuleDict({_metric_key(n): SumMetric() for n in names})
+        self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
+
+    # ---- training ---------------------------------------------------------------------------
+    def forward(self, idx, targets=None, **kw):
+        return self.model(idx, targets, **kw)
+
+    def training_step(self, batch, batch_idx):
+        analyse = self.should_log_encoder()
+        out = self.model(batch["input_ids"], batch["targets"], return_analysis=analyse, gold_M=batch.get("gold_M"))
+        n_tokens = int((batch["targets"] != -100).sum()) * self.trainer.world_size
+        self.tokens_seen += n_tokens
+        self.log("train/loss", out["loss"], prog_bar=True)
+        self.log("train/tokens_seen", self.tokens_seen.float(), rank_zero_only=True)
+        if analyse:
+            self.log_encoder(out)
+        return out["loss"]
+
+    def should_log_encoder(self) -> bool:
+        return False
+
+    def log_encoder(self, out: dict) -> None:
+        pass
+
+    # ---- evaluation -------------------------------------------------------------------------
+    def _eval_step(self, stage: str, batch, dataloader_idx: int) -> None:
+        names = self.hparams.eval_sets if stage == "val" else self.hparams.test_sets
+        key = _metric_key(f"{stage}/{names[dataloader_idx]}")
+        logits = self.model(batch["input_ids"], gold_M=batch.get("gold_M"))["logits"]  # (B, T, V)
+        targets = batch["targets"]
+        nll = nn.functional.cross_entropy(
+            logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100, reduction="sum"
+        )
+        self.nll_sums[key].update(nll)
+        self.token_counts[key].update((targets != -100).sum().float())
+
+    def validation_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch, batch_idx, dataloader_idx: int = 0):
+        self._eval_step("test", batch, dataloader_idx)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        names = self.hparams.eval_sets if stage == "val" else self.hparams.test_sets
+        for name in names:
+            key = _metric_key(f"{stage}/{name}")
+            count = self.token_counts[key].compute()
+            if count <= 0:  # e.g. limit_val_batches=0
+                continue
+            nll = self.nll_sums[key].compute()
+            self.nll_sums[key].reset()
+            self.token_counts[key].reset()
+            mean_nll = nll / count
+            stats = self.hparams.split_stats.get(name, {})
+            metrics = {f"{stage}/{name}/loss": mean_nll, f"{stage}/{name}/ppl": torch.exp(mean_nll)}
+            # bytes/words are those of the whole split: only meaningful when all of it was evaluated
+            full = stats.get("n_tokens") and int(count) == int(stats["n_tokens"])
+            if full and stats.get("n_bytes"):
+                metrics[f"{stage}/{name}/bpb"] = nll / math.log(2) / stats["n_bytes"]
+            if full and stats.get("n_words"):
+                metrics[f"{stage}/{name}/word_ppl"] = torch.exp(nll / stats["n_words"])
+            self.log_dict(metrics, rank_zero_only=False, sync_dist=False, add_dataloader_idx=False)
+
+    def on_validation_epoch_end(self):
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self):
+        self._eval_epoch_end("test")
+
+    # ---- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        encoder_names = self.model.encoder_parameter_names()
+        groups = {"decay": [], "no_decay": [], "encoder": []}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name in encoder_names:
+                groups["encoder"].append(p)
+            elif p.dim() >= 2:
+                groups["decay"].append(p)
+            else:
+                groups["no_decay"].append(p)
+        param_groups = [
+            {"params": groups["decay"], "weight_decay": o["weight_decay"], "lr": o["lr"]},
+            {"params": groups["no_decay"], "weight_decay": 0.0, "lr": o["lr"]},
+        ]
+        if groups["encoder"]:  # own learning rate, no decay (DESIGN 3.5: a shared lr cannot move gamma)
+            param_groups.append({"params": groups["encoder"], "weight_decay": 0.0, "lr": o["lr"] * o["encoder_lr_mult"]})
+        opt = torch.optim.AdamW(param_groups, betas=tuple(o["betas"]), fused=False)
+        total, warmup, min_ratio = self.hparams.max_steps, o["warmup_steps"], o["min_lr_ratio"]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, total, min_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_before_optimizer_step(self, optimizer):
+        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            self.log("train/lr", optimizer.param_groups[0]["lr"], rank_zero_only=True)
+
+
+class BaselineLM(LMBase):
+    kind = "baseline"
+
+
+class DepEncLM(LMBase):
+    kind = "depenc"
+
+    def should_log_encoder(self) -> bool:
+        every = self.hparams.log_encoder_every
+        return every > 0 and self.global_step % every == 0
+
+    def log_encoder(self, out: dict) -> None:
+        """Is the structure used? Parser entropy, gate, previous-word mass, mixture/bias weights."""
+        metrics = {f"depenc/{k}": v for k, v in self.encoder_stats(out).items()}
+        self.log_dict(metrics, rank_zero_only=True)
+
+    @torch.no_grad()
+    def encoder_stats(self, out: dict) -> dict[str, float]:
+        dep = out.get("dep")
+        stats = encoder_diagnostics(dep, self.model.cfg.depenc.target) if dep else {}
+        attn = [b.attn for b in self.model.blocks if b.attn.dep_mode is not None]
+        if attn and attn[0].dep_mode == "mix":
+            stats["lambda_mean"] = torch.stack([1 - a.mix_weights()[:, 0] for a in attn]).mean().item()
+        elif attn:
+            stats["beta_mean"] = torch.stack([a.dep_beta for a in attn]).mean().item()
+        return stats
+
+
+LM_CLASSES = {"baseline": BaselineLM, "baseline_matched": BaselineLM, "depenc": DepEncLM}
+
+
+def load_lm(ckpt_path: str, map_location: str = "cpu") -> LMBase:
+    """Rebuild whichever LightningModule wrote ``ckpt_path``."""
+    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    cls = LM_CLASSES[ckpt["hyper_parameters"]["kind"]]
+    return cls.load_from_checkpoint(ckpt_path, map_location=map_location)

@@ -1,0 +1,304 @@
+"""Train one experiment: ``python -m depenc.train EXP [key=value ...] [--resume RUN_DIR]``.
+
+Writes ``runs/<exp>/<run_id>/``: config.yaml (resolved), run.json (command, git commit, W&B id),
+checkpoints/{last,best}.ckpt, metrics.csv, summary.json, tokenizer.json, and what the callbacks write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from depenc.config import ConfigError, _check_against, load_config, parse_overrides, validate
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# ---- model config from the experiment config ------------------------------------------------
+def build_model_config(cfg: DictConfig, tokenizer) -> dict:
+    """ModelConfig dict: shape from cfg.model, vocabulary from the tokenizer, DepEnc on for kind=depenc,
+    MLP widened for kind=baseline_matched so its parameter count matches DepEnc's."""
+    from depenc.models.transformer import ModelConfig, Transformer, matched_mlp_hidden
+
+    m = cfg.model
+    dep = OmegaConf.to_container(m.depenc, resolve=True)
+    excluded = dep.pop("exclude_tokens", [])
+    unknown = [t for t in excluded if tokenizer.token_to_id(t) is None]
+    if unknown:
+        raise ConfigError(f"model.depenc.exclude_tokens: {unknown} are not in the vocabulary")
+    dep["exclude_ids"] = [tokenizer.token_to_id(t) for t in excluded]
+    model = {
+        "vocab_size": tokenizer.vocab_size,
+        "block_size": cfg.data.block_size,
+        "n_layer": m.n_layer,
+        "n_head": m.n_head,
+        "n_embd": m.n_embd,
+        "mlp_hidden": m.mlp_hidden,
+        "dropout": m.dropout,
+        "bias": m.bias,
+        "pos": m.pos,
+        "eos_id": tokenizer.eos_id,
+        "depenc": {**dep, "enabled": m.kind == "depenc"},
+    }
+    if m.kind == "baseline_matched":
+        target = Transformer(ModelConfig.from_dict({**model, "depenc": {**dep, "enabled": True}})).num_params()
+        model["mlp_hidden"] = matched_mlp_hidden(ModelConfig.from_dict(model), target)
+    return model
+
+
+# ---- run folder -----------------------------------------------------------------------------
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def new_run_dir(cfg: DictConfig) -> Path:
+    base = Path(cfg.run.root) / cfg.exp
+    run_id = cfg.run.name or f"{datetime.now():%Y%m%d-%H%M%S}-s{cfg.seed}"
+    run_dir, n = base / run_id, 1
+    while run_dir.exists():  # two runs started in the same second
+        n += 1
+        run_dir = base / f"{run_id}-{n}"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    return run_dir
+
+
+def experiment_group(cfg: DictConfig) -> str:
+    """W&B group: the experiment family, e.g. depenc_small and baseline_matched_small -> 'small'."""
+    if cfg.run.group:
+        return cfg.run.group
+    name = str(cfg.exp).split("/")[-1]
+    return name.rsplit("_", 1)[-1] if "_" in name else name
+
+
+def wandb_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, run_info: dict) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = []
+    if cfg.logger.csv:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="", version=""))
+    mode = wandb_mode(cfg.logger.wandb.mode)
+    if mode != "disabled":
+        from lightning.pytorch.loggers import WandbLogger
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        tags = [cfg.model.kind, cfg.data.source, f"seed{cfg.seed}", *cfg.logger.wandb.tags]
+        loggers.append(
+            WandbLogger(
+                project=cfg.logger.wandb.project,
+                entity=cfg.logger.wandb.entity,
+                name=f"{cfg.exp}/{run_dir.name}",
+                id=run_info["wandb_id"],
+                group=experiment_group(cfg),
+                job_type=cfg.logger.wandb.job_type,
+                tags=tags,
+                save_dir=str(run_dir),
+                mode=mode,
+                resume="allow",
+            )
+        )
+    return loggers
+
+
+def read_final_metrics(metrics_csv: Path) -> dict[str, float]:
+    """The last value of every column of metrics.csv (the final value of every logged metric)."""
+    final: dict[str, float] = {}
+    if not metrics_csv.is_file():
+        return final
+    with open(metrics_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, value in row.items():
+                if key and value not in (None, "") and key not in ("epoch",):
+                    final[key] = float(value)
+    return final
+
+
+def write_summary(run_dir: Path, lm, trainer, extra: dict) -> dict:
+    summary = read_final_metrics(run_dir / "metrics.csv")
+    for key, value in trainer.callback_metrics.items():
+        summary.setdefault(key, float(value))
+    summary.update(
+        n_params=lm.model.num_params(),
+        global_step=trainer.global_step,
+        tokens_seen=int(lm.tokens_seen.item()),
+        **extra,
+    )
+    summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in sorted(summary.items())}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+# ---- main -----------------------------------------------------------------------------------
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    p = argparse.ArgumentParser(prog="python -m depenc.train", description=__doc__)
+    p.add_argument("exp", nargs="?", help="experiment name (experiments/<exp>.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p.add_argument("--resume", default=None, help="run folder to continue from its checkpoints/last.ckpt")
+    args = p.parse_args(argv)
+    if not args.exp and not args.resume:
+        p.error("give an experiment name (e.g. depenc_small) or --resume RUN_DIR")
+    return args, args.overrides
+
+
+def resolve_config(args, overrides) -> tuple[DictConfig, Path | None]:
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.yaml there; give a run folder (runs/<exp>/<run_id>)")
+        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+            raise ConfigError(f"--resume {run_dir}: no checkpoints/last.ckpt to continue from")
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        extra = [o for o in overrides if "=" in o]
+        if args.exp and "=" in args.exp:
+            extra.insert(0, args.exp)
+        cli = parse_overrides(extra)
+        _check_against(OmegaConf.load(REPO_ROOT / "experiments" / "base.yaml"), cli, "command line")
+        cfg = OmegaConf.merge(cfg, cli)
+        validate(cfg)
+        return cfg, run_dir
+    return load_config(args.exp, overrides), None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg, resume_dir = resolve_config(args, overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run(cfg, resume_dir, command=" ".join(sys.argv if argv is None else ["depenc.train", *argv]))
+
+
+def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> int:
+    import lightning as L
+    import torch
+
+    from depenc.callbacks import build_callbacks
+    from depenc.data.datamodule import LMDataModule
+    from depenc.data.sources import DataUnavailableError
+    from depenc.lightning import LM_CLASSES
+
+    t0 = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    dm = LMDataModule(cfg.data, seed=cfg.seed)
+    try:
+        dm.setup("fit")
+        model_dict = build_model_config(cfg, dm.tokenizer)
+    except (DataUnavailableError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    if resume_dir is None:
+        run_dir = new_run_dir(cfg)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        run_info = {"exp": cfg.exp, "run_id": run_dir.name, "wandb_id": None, "git_commit": git_commit(),
+                    "commands": [], "wall_time_s": 0.0}
+        import wandb.util
+
+        run_info["wandb_id"] = wandb.util.generate_id()
+        ckpt_path = None
+    else:
+        run_dir = resume_dir
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        run_info = json.loads((run_dir / "run.json").read_text())
+        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+    run_info["commands"].append(command)
+    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+    dm.save_tokenizer(run_dir)
+
+    tokens_per_step = cfg.data.batch_size * cfg.data.block_size
+    lm = LM_CLASSES[cfg.model.kind](
+        model=model_dict,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        max_steps=cfg.trainer.max_steps,
+        eval_sets=list(dm.eval_set_names),
+        test_sets=list(dm.test_set_names),
+        split_stats=dict(dm.split_stats),
+        kind=cfg.model.kind,
+        tokens_per_step=tokens_per_step,
+        log_encoder_every=cfg.trainer.log_encoder_every,
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    if cfg.model.compile:
+        lm.model = torch.compile(lm.model)
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt_dir = str(run_dir / "checkpoints")
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last-{step}", save_last=True, save_top_k=0,
+                        every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_on_train_epoch_end=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"val/{dm.eval_set_names[0]}/loss", mode="min",
+                        save_top_k=1, save_on_train_epoch_end=False, auto_insert_metric_name=False),
+        *build_callbacks(cfg, dm, run_dir),
+    ]
+    t = cfg.trainer
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir),
+        max_steps=t.max_steps,
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,
+        limit_val_batches=t.limit_val_batches,
+        limit_test_batches=t.limit_test_batches,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        logger=build_loggers(cfg, run_dir, run_info) or False,
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(lm, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
+    if t.test_at_end:
+        trainer.test(lm, datamodule=dm, verbose=False)
+    if trainer.is_global_zero:
+        run_info = json.loads((run_dir / "run.json").read_text())
+        run_info["wall_time_s"] = run_info.get("wall_time_s", 0.0) + (time.time() - t0)
+        (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+        summary = write_summary(run_dir, lm, trainer, {"wall_time_s": round(run_info["wall_time_s"], 2)})
+        for logger in trainer.loggers:
+            logger.finalize("success")
+        import wandb
+
+        if wandb.run is not None:
+            wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            wandb.finish()
+        print(f"run folder: {run_dir}")
+        for key in sorted(k for k in summary if k.endswith("/ppl") or k.endswith("/bpb")):
+            print(f"  {key} = {summary[key]:.4f}" if summary[key] is not None else f"  {key} = n/a")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
