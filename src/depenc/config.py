@@ -122,15 +122,27 @@ def load_config(exp: str, overrides: Iterable[str] = (), root: Path | None = Non
         near = difflib.get_close_matches(exp, names, n=1)
         hint = f" -- did you mean {near[0]}?" if near else ""
         raise ConfigError(f"no experiment file {exp_path}{hint} (available: {', '.join(names)})")
-    delta = OmegaConf.load(exp_path) or OmegaConf.create({})
-    _check_against(base, delta, str(exp_path.relative_to(root.parent)) if root.parent in exp_path.parents else str(exp_path))
+    layers = _experiment_layers(base, exp, root)
     cli = parse_overrides(overrides)
     _check_against(base, cli, "command line")
-    cfg = OmegaConf.merge(base, delta, cli)
+    cfg = OmegaConf.merge(base, *layers, cli)
     cfg.exp = exp
     OmegaConf.resolve(cfg)
     validate(cfg)
     return cfg
+
+
+def _experiment_layers(base: DictConfig, exp: str, root: Path, seen: tuple = ()) -> list[DictConfig]:
+    """The experiment file, preceded by the files it ``extends`` (e.g. depenc_brown extends baseline_brown)."""
+    if exp in seen:
+        raise ConfigError(f"experiment files extend each other in a cycle: {' -> '.join((*seen, exp))}")
+    path = root / f"{exp}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"experiment '{seen[-1]}' extends '{exp}', but there is no {path}")
+    delta = OmegaConf.load(path) or OmegaConf.create({})
+    _check_against(base, delta, f"experiments/{exp}.yaml")
+    parent = delta.get("extends")
+    return [*(_experiment_layers(base, parent, root, (*seen, exp)) if parent else []), delta]
 
 
 _CHOICES = {

@@ -14,8 +14,11 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
+
+import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +35,7 @@ def build_model_config(cfg: DictConfig, tokenizer) -> dict:
 
     m = cfg.model
     dep = OmegaConf.to_container(m.depenc, resolve=True)
+    dep.pop("embedding_init")  # applied to the weights after construction (depenc.models.init)
     excluded = dep.pop("exclude_tokens", [])
     unknown = [t for t in excluded if tokenizer.token_to_id(t) is None]
     if unknown:
@@ -137,6 +141,33 @@ def read_final_metrics(metrics_csv: Path) -> dict[str, float]:
     return final
 
 
+def set_aside_metrics(run_dir: Path) -> Path | None:
+    """Lightning's CSVLogger deletes an existing metrics.csv; keep it aside to merge after a resume."""
+    current = run_dir / "metrics.csv"
+    if not current.is_file():
+        return None
+    previous = run_dir / "metrics.before_resume.csv"
+    current.replace(previous)
+    return previous
+
+
+def merge_metrics(run_dir: Path, previous: Path | None) -> None:
+    """metrics.csv = rows logged before the resume (up to the resumed step) + rows logged since."""
+    if previous is None:
+        return
+    current = run_dir / "metrics.csv"
+    new_rows = list(csv.DictReader(open(current, newline=""))) if current.is_file() else []
+    old_rows = list(csv.DictReader(open(previous, newline="")))
+    first_new_step = min((float(r["step"]) for r in new_rows if r.get("step")), default=float("inf"))
+    rows = [r for r in old_rows if float(r.get("step") or 0) < first_new_step] + new_rows
+    keys = sorted({k for r in rows for k in r if k})
+    with open(current, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    previous.unlink()
+
+
 def write_summary(run_dir: Path, lm, trainer, extra: dict) -> dict:
     summary = read_final_metrics(run_dir / "metrics.csv")
     for key, value in trainer.callback_metrics.items():
@@ -203,6 +234,8 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
     from depenc.lightning import LM_CLASSES
 
     t0 = time.time()
+    # the run folder already holds config.yaml; the CSV logger warns about any non-empty folder
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
     L.seed_everything(cfg.seed, workers=True)
     dm = LMDataModule(cfg.data, seed=cfg.seed)
     try:
@@ -215,17 +248,15 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
     if resume_dir is None:
         run_dir = new_run_dir(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        run_info = {"exp": cfg.exp, "run_id": run_dir.name, "wandb_id": None, "git_commit": git_commit(),
-                    "commands": [], "wall_time_s": 0.0}
-        import wandb.util
-
-        run_info["wandb_id"] = wandb.util.generate_id()
-        ckpt_path = None
+        run_info = {"exp": cfg.exp, "run_id": run_dir.name, "wandb_id": uuid.uuid4().hex[:12],
+                    "git_commit": git_commit(), "commands": [], "wall_time_s": 0.0}
+        ckpt_path, previous_metrics = None, None
     else:
         run_dir = resume_dir
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         run_info = json.loads((run_dir / "run.json").read_text())
         ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+        previous_metrics = set_aside_metrics(run_dir)
     run_info["commands"].append(command)
     (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
     dm.save_tokenizer(run_dir)
@@ -283,12 +314,13 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
     if t.test_at_end:
         trainer.test(lm, datamodule=dm, verbose=False)
     if trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.finalize("success")
+        merge_metrics(run_dir, previous_metrics)
         run_info = json.loads((run_dir / "run.json").read_text())
         run_info["wall_time_s"] = run_info.get("wall_time_s", 0.0) + (time.time() - t0)
         (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
         summary = write_summary(run_dir, lm, trainer, {"wall_time_s": round(run_info["wall_time_s"], 2)})
-        for logger in trainer.loggers:
-            logger.finalize("success")
         import wandb
 
         if wandb.run is not None:

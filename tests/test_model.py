@@ -1,0 +1,187 @@
+"""The shared transformer and the dependency encoder: causality, the encoder's support, exact
+equivalence with the baseline when DepEnc's switches are off, gradient flow, generation."""
+
+import pytest
+import torch
+
+from depenc.models.depenc import DepEncConfig
+from depenc.models.transformer import ModelConfig, Transformer, attention, matched_mlp_hidden, sample_next
+
+V, T = 40, 24
+
+
+def make(depenc: dict | None = None, **kw) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=V, block_size=32, n_layer=3, n_head=2, n_embd=32,
+                      depenc=DepEncConfig(**(depenc or {})), **kw)
+    return Transformer(cfg).eval()
+
+
+def tokens(seed=0, B=2):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(1, V, (B, T), generator=g)
+    idx[:, 0] = 0  # <eos> as beginning of sequence
+    idx[1, 10] = 0  # a document boundary inside the block
+    return idx
+
+
+def make_trained_like(depenc):
+    """A DepEnc model whose zero-initialised paths are switched on, so causality is really tested."""
+    m = make(depenc)
+    with torch.no_grad():
+        if m.encoder is not None and m.encoder.w_struct is not None:
+            torch.nn.init.normal_(m.encoder.w_struct.weight, std=0.1)
+        for b in m.blocks:
+            if getattr(b.attn, "dep_gamma", None) is not None:
+                b.attn.dep_gamma.fill_(0.0)
+            if getattr(b.attn, "dep_beta", None) is not None:
+                b.attn.dep_beta.fill_(1.0)
+    return m
+
+
+VARIANTS = [
+    None,
+    {"enabled": True},
+    {"enabled": True, "target": "self"},
+    {"enabled": True, "attention": "bias"},
+    {"enabled": True, "hops": 2, "second_order": True},
+    {"enabled": True, "parser": "frontier"},
+    {"enabled": True, "parser": "distance", "parser_layer": 0},
+    {"enabled": True, "parser_layer": 2, "within_document": False},
+]
+
+
+@pytest.mark.parametrize("depenc", VARIANTS)
+def test_causality_logits_and_encoder(depenc):
+    m = make_trained_like(depenc or {})
+    idx = tokens()
+    t = 12
+    changed = idx.clone()
+    changed[:, t + 1 :] = torch.randint(1, V, changed[:, t + 1 :].shape)
+    a = m(idx, return_analysis=True)
+    b = m(changed, return_analysis=True)
+    torch.testing.assert_close(a["logits"][:, : t + 1], b["logits"][:, : t + 1])
+    assert not torch.allclose(a["logits"][:, t + 1 :], b["logits"][:, t + 1 :])
+    if depenc:
+        for key in ("P", "M"):
+            torch.testing.assert_close(a["dep"][key][:, : t + 1], b["dep"][key][:, : t + 1])
+        torch.testing.assert_close(a["dep"]["g"][:, : t + 1], b["dep"]["g"][:, : t + 1])
+
+
+@pytest.mark.parametrize("target", ["self", "next"])
+def test_parser_support(target):
+    m = make_trained_like({"enabled": True, "target": target})
+    idx = tokens()
+    dep = m(idx, return_analysis=True)["dep"]
+    P, g = dep["P"], dep["g"]
+    allowed_diag = 0 if target == "next" else -1  # next: token i+1 may attach to word i
+    upper = torch.ones(T, T, dtype=torch.bool).triu(allowed_diag + 1)
+    assert (P[:, upper] == 0).all(), "mass above the allowed diagonal"
+    assert (P[:, :, 0] == 0).all(), "mass on the beginning-of-sequence column"
+    assert (P[1, :, 10] == 0).all(), "<eos> chosen as a head"
+    assert (P[1, 10:, :10] == 0).all(), "an arc into the previous document"
+    sums = P.sum(-1)
+    has = dep["has_cand"]
+    torch.testing.assert_close(sums[has], torch.ones_like(sums[has]))
+    assert (sums[~has] == 0).all() and (g[~has] == 0).all()
+    assert not has[:, 0].any()  # nothing before the first token
+    if target == "self":
+        assert not has[:, 1].any()  # token 1 has only BOS before it
+    assert ((g > 0) & (g < 1))[has].all()
+    torch.testing.assert_close(dep["M"], g.unsqueeze(-1) * P)
+
+
+def test_exclude_tokens_never_heads():
+    idx = tokens()
+    banned = int(idx[0, 5])
+    m = make({"enabled": True, "exclude_ids": [banned]})
+    P = m(idx, return_analysis=True)["dep"]["P"]
+    assert (P[idx.unsqueeze(1).expand(-1, T, -1) == banned] == 0).all()
+
+
+def test_depenc_switched_off_equals_baseline():
+    base = make()
+    dep = make({"enabled": True, "structured_encoding": False, "dep_attention": False})
+    missing, unexpected = dep.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith("encoder.") for k in missing)
+    idx = tokens()
+    torch.testing.assert_close(dep(idx)["logits"], base(idx)["logits"], rtol=0, atol=0)
+
+
+def test_zero_gate_and_zero_lambda_ablations_remove_the_encoder_effect():
+    base = make()
+    on = make_trained_like({"enabled": True})
+    on.load_state_dict(base.state_dict(), strict=False)
+    idx = tokens()
+    assert not torch.allclose(on(idx)["logits"], base(idx)["logits"])
+    on.encoder.cfg.zero_gate = True  # M = 0: the structured term vanishes
+    on.encoder.cfg.zero_lambda = True  # and dependency-weighted attention is skipped
+    torch.testing.assert_close(on(idx)["logits"], base(idx)["logits"])
+
+
+def test_gradients_reach_the_encoder_from_lm_loss():
+    m = make({"enabled": True}).train()
+    idx = tokens()
+    m(idx, idx)["loss"].backward()
+    enc = dict(m.encoder.named_parameters())
+    # W_s starts at zero, so its gradient is nonzero while the parser's only flows once W_s moves
+    assert enc["w_struct.weight"].grad.abs().sum() > 0
+    assert enc["w_gate.weight"].grad.abs().sum() > 0 or enc["w_gate.bias"].grad.abs().sum() > 0
+    assert enc["w_head.weight"].grad.abs().sum() > 0, "parser gets gradient through dependency attention"
+    assert all(b.attn.dep_gamma.grad.abs().sum() > 0 for b in m.blocks[1:])
+    assert not hasattr(m.blocks[0].attn, "dep_gamma")  # below the encoder: plain attention
+
+
+def test_attention_function_paths_agree():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    fused, none = attention(q, k, v)
+    manual, w = attention(q, k, v, need_weights=True)
+    assert none is None and w.shape == (2, 3, 7, 7)
+    torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 3, 7)) and (w.triu(1) == 0).all()
+    bias = torch.full((7, 7), float("-inf")).triu(1) + torch.randn(7, 7).tril()
+    b1, _ = attention(q, k, v, bias=bias)
+    b2, _ = attention(q, k, v, bias=bias, need_weights=True)
+    torch.testing.assert_close(b1, b2, atol=1e-5, rtol=1e-5)
+
+
+def test_generation_seeded_and_stops_at_eos():
+    m = make()
+    prompt = torch.zeros(3, 1, dtype=torch.long)
+    a = m.generate(prompt, 20, top_k=10, generator=torch.Generator().manual_seed(1))
+    b = m.generate(prompt, 20, top_k=10, generator=torch.Generator().manual_seed(1))
+    c = m.generate(prompt, 20, top_k=10, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with torch.no_grad():  # make <eos> near-certain after the first token: generation stops
+        m.lm_head.weight.data[0] += 5 * m.ln_f.bias.data.sign() if m.ln_f.bias is not None else 0
+    out = m.generate(prompt, 50, eos_id=0, temperature=0.0)
+    assert out.shape[1] <= 51
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    g = torch.Generator().manual_seed(0)
+    draws = {int(sample_next(logits, top_k=2, generator=g)) for _ in range(200)}
+    assert draws == {2, 3}
+    draws = {int(sample_next(logits, top_p=0.5, generator=g)) for _ in range(200)}
+    assert draws == {3}  # p(3) = 0.64 >= 0.5 alone
+    assert int(sample_next(logits, temperature=0.0)) == 3
+
+
+def test_alibi_baseline_is_causal_and_positionless():
+    m = make(pos="alibi")
+    assert m.wpe is None
+    idx = tokens()
+    changed = idx.clone()
+    changed[:, 15:] = 1
+    torch.testing.assert_close(m(idx)["logits"][:, :15], m(changed)["logits"][:, :15])
+
+
+def test_matched_mlp_width_within_one_percent():
+    dep = ModelConfig(vocab_size=200, block_size=64, n_layer=4, n_head=4, n_embd=64, depenc=DepEncConfig(enabled=True))
+    target = Transformer(dep).num_params()
+    base = ModelConfig(vocab_size=200, block_size=64, n_layer=4, n_head=4, n_embd=64)
+    base.mlp_hidden = matched_mlp_hidden(base, target)
+    n = Transformer(base).num_params()
+    assert abs(n - target) / target < 0.01 and base.mlp_hidden > 4 * 64
