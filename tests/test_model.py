@@ -185,3 +185,56 @@ def test_matched_mlp_width_within_one_percent():
     base.mlp_hidden = matched_mlp_hidden(base, target)
     n = Transformer(base).num_params()
     assert abs(n - target) / target < 0.01 and base.mlp_hidden > 4 * 64
+
+
+@pytest.mark.parametrize("pair", [("depenc_small", "baseline_matched_small"), ("depenc_brown", "baseline_matched_brown")])
+def test_shipped_matched_baselines_within_one_percent(pair):
+    from depenc.config import load_config
+    from depenc.data.synthetic import SyntheticConfig, vocabulary
+    from depenc.train import build_model_config
+
+    class Vocab:  # the tokenizer facts build_model_config needs
+        def __init__(self, size):
+            self.vocab_size, self.eos_id = size, 0
+
+        def token_to_id(self, token):
+            return 1
+
+    counts = []
+    for exp in pair:
+        cfg = load_config(exp)
+        size = (len(vocabulary(SyntheticConfig.from_dict(dict(cfg.data.synthetic)))) + 2
+                if cfg.data.source == "synthetic" else cfg.data.vocab_size)
+        counts.append(Transformer(ModelConfig.from_dict(build_model_config(cfg, Vocab(size)))).num_params())
+    dep, matched = counts
+    assert abs(matched - dep) / dep < 0.01, counts
+
+
+def test_gold_arcs_left_relatives_by_target():
+    from depenc.data.gold import GoldArcs, left_relatives, sentence_gold_matrix
+
+    # "the dog runs ." : the->dog, dog->runs (root), .->runs
+    heads = [2, 3, 0, 3]
+    assert left_relatives(heads) == [[], [0], [1], [2]]
+    M = sentence_gold_matrix(heads, "self")  # input [BOS] the dog runs .
+    expected = torch.zeros(5, 5)
+    expected[2, 1] = expected[3, 2] = expected[4, 3] = 1.0
+    torch.testing.assert_close(M, expected)
+    M_next = sentence_gold_matrix(heads, "next")  # row i describes word i+1
+    torch.testing.assert_close(M_next[:-1], expected[1:])
+    # a block that starts inside a sentence keeps only arcs within the block
+    arcs = GoldArcs([heads], [1], 6, "self")
+    torch.testing.assert_close(arcs.matrix(2, 3), torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]]))
+
+
+def test_oracle_parser_uses_gold_matrix():
+    from depenc.data.gold import sentence_gold_matrix
+
+    m = make({"enabled": True, "parser": "oracle"})
+    heads = [2, 3, 0, 3]
+    idx = torch.tensor([[0, 5, 6, 7, 8]])
+    gold = sentence_gold_matrix(heads, "next").unsqueeze(0)
+    dep = m(idx, gold_M=gold, return_analysis=True)["dep"]
+    torch.testing.assert_close(dep["M"], gold)
+    with pytest.raises(ValueError, match="gold arcs"):
+        m(idx)

@@ -241,7 +241,9 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
     try:
         dm.setup("fit")
         model_dict = build_model_config(cfg, dm.tokenizer)
-    except (DataUnavailableError, ConfigError) as exc:
+        if model_dict["depenc"]["enabled"] and model_dict["depenc"]["parser"] == "oracle":
+            dm.enable_gold_arcs(model_dict["depenc"]["target"])  # analysis mode: batches carry gold_M
+    except (DataUnavailableError, ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -274,6 +276,11 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
         log_encoder_every=cfg.trainer.log_encoder_every,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
+    if cfg.model.depenc.embedding_init == "ppmi_svd" and resume_dir is None:
+        from depenc.models.init import ppmi_svd_embeddings
+
+        with torch.no_grad():
+            lm.model.wte.weight.copy_(ppmi_svd_embeddings(dm.stream("train"), dm.tokenizer.vocab_size, cfg.model.n_embd))
     if cfg.model.compile:
         lm.model = torch.compile(lm.model)
 

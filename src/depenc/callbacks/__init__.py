@@ -213,6 +213,8 @@ class EvalCallback(_Callback):
         if trainer.sanity_checking or getattr(trainer.state, "fn", None) != "fit":
             return
         self.n_val += 1
+        if self.at_end and trainer.max_steps and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            return  # the validation at the last step: the end-of-training evaluation follows at once
         if self.every_n_val > 0 and self.n_val % self.every_n_val == 0:
             self._run(trainer, pl_module, final=False)
 

@@ -171,6 +171,7 @@ def _continuation(tokenizer, prefix: Sequence[str], word: str) -> tuple[list[int
     return full, len(pre)
 
 
+@torch.no_grad()
 def _score_slow(model, tokenizer, pairs, batch_size, block, device, eos) -> np.ndarray:
     seqs: list[tuple[list[int], int]] = []  # ([BOS] + ids, first scored position in ids)
     ok = []

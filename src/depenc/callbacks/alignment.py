@@ -114,10 +114,8 @@ def synthetic_gold(synthetic_cfg: Any, split: str, n: int = 0) -> list[GoldSente
 
     scfg = synthetic_cfg if isinstance(synthetic_cfg, synthetic.SyntheticConfig) else (
         synthetic.SyntheticConfig.from_dict(dict(synthetic_cfg or {})))
-    if n and n > 0 and n < scfg.split_size(split):  # splits are prefix-stable: generate only n
-        import dataclasses
-
-        scfg = dataclasses.replace(scfg, **{f"n_{split}": n})
+    # the full split of the run's own config: make_split caches it (and the earlier splits that a
+    # held-out split must be disjoint from), so the data module's work is reused
     sents = synthetic.make_split(scfg, split)
     if n and n > 0:
         sents = sents[:n]
@@ -216,7 +214,8 @@ def sentence_word_scores(
         idx = torch.full((len(batch), T), eos, dtype=torch.long)
         for b, e in enumerate(batch):
             idx[b, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
-        out = model(idx.to(device), need_weights=need_attn, return_analysis=dep_on and want_parser)
+        with torch.no_grad():
+            out = model(idx.to(device), need_weights=need_attn, return_analysis=dep_on and want_parser)
         attn = None
         if need_attn:
             attn = torch.stack([a.float() for a in out["attn"]], dim=1).cpu().numpy()  # (B, L, H, T, T)
@@ -447,6 +446,7 @@ class AlignmentCallback(EvalCallback):
         self.n_examples = int(n_examples)
         self.seed = int(seed)
         self._gold: dict[str, list[GoldSentence] | None] = {}
+        self._warned: set[str] = set()
         self._encoded: dict[tuple[str, int, int], Treebank] = {}
         self.last_result: dict | None = None
 
@@ -498,7 +498,9 @@ class AlignmentCallback(EvalCallback):
                 else:
                     self._gold[key] = load_gold(spec, n)
             except FileNotFoundError as exc:
-                log.warning("alignment: %s -- skipped", exc)
+                if spec not in self._warned:
+                    log.warning("alignment: %s -- skipped", exc)
+                    self._warned.add(spec)
                 self._gold[key] = None
         return self._gold[key]
 

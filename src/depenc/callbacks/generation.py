@@ -46,25 +46,54 @@ def generate_samples(
     top_p: float | None = None,
 ) -> list[dict]:
     """``n`` samples from ``[<eos>]``, each ``{"text", "n_tokens", "ended"}`` (``ended``: stopped
-    at ``<eos>`` rather than at the length limit). Deterministic for a given seed and batch size."""
+    at ``<eos>`` rather than at the length limit). Deterministic for a given seed and batch size.
+
+    Same sampling as ``Transformer.generate`` (its ``sample_next``, the context cropped to the block
+    size), but rows that reached ``<eos>`` leave the batch, so a batch costs what its samples need
+    rather than ``batch x longest sample``."""
     device = model_device(model)
     eos = int(tokenizer.eos_id)
     max_new = int(max_new_tokens) if max_new_tokens and max_new_tokens > 0 else int(model.cfg.block_size)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
+    top_k = int(top_k) if top_k else None
+    top_p = float(top_p) if top_p is not None and top_p < 1.0 else None
     samples: list[dict] = []
     with eval_mode(model):
         for start in range(0, n, max(1, batch_size)):
             b = min(batch_size, n - start)
-            prompt = torch.full((b, 1), eos, dtype=torch.long, device=device)
-            out = model.generate(prompt, max_new, temperature=temperature, top_k=top_k or None,
-                                 top_p=top_p if top_p is not None and top_p < 1.0 else None,
-                                 eos_id=eos, generator=gen)
-            for row in out[:, 1:].tolist():
-                ended = eos in row
-                ids = row[: row.index(eos)] if ended else row
+            rows = _sample_batch(model, b, eos, max_new, float(temperature), top_k, top_p, gen, device)
+            for ids, ended in rows:
                 samples.append({"text": tokenizer.decode(ids), "n_tokens": len(ids), "ended": ended})
     return samples
+
+
+@torch.no_grad()
+def _sample_batch(model, b, eos, max_new, temperature, top_k, top_p, gen, device) -> list[tuple[list[int], bool]]:
+    from depenc.models.transformer import sample_next
+
+    block = int(model.cfg.block_size)
+    idx = torch.full((b, 1), eos, dtype=torch.long, device=device)
+    active = torch.arange(b)  # original row of each batch row
+    out: list[list[int]] = [[] for _ in range(b)]
+    ended = [False] * b
+    for _ in range(max_new):
+        logits = model(idx[:, -block:])["logits"][:, -1, :]
+        nxt = sample_next(logits, temperature, top_k, top_p, gen)  # (rows,)
+        done = nxt == eos
+        for r, tok in zip(active.tolist(), nxt.tolist()):
+            if tok == eos:
+                ended[r] = True
+            else:
+                out[r].append(tok)
+        keep = ~done.cpu()
+        if not bool(keep.any()):
+            break
+        idx = torch.cat([idx, nxt.unsqueeze(1)], dim=1)
+        if not bool(keep.all()):
+            idx = idx[keep.to(idx.device)]
+            active = active[keep]
+    return [(out[r], ended[r]) for r in range(b)]
 
 
 def judge_synthetic(text: str, grammar) -> dict:

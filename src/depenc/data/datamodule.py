@@ -118,9 +118,10 @@ def compute_cache_key(cfg: Mapping[str, Any]) -> tuple[str, dict]:
 class TrainBlocks(Dataset):
     """Blocks of ``block_size + 1`` tokens at stride ``block_size``; the tail that does not fill a block is dropped."""
 
-    def __init__(self, stream: np.ndarray, block_size: int):
+    def __init__(self, stream: np.ndarray, block_size: int, arcs=None):
         self.stream = stream
         self.block_size = block_size
+        self.arcs = arcs  # GoldArcs (oracle analysis mode) or None
         self.n = (len(stream) - 1) // block_size
 
     def __len__(self) -> int:
@@ -131,16 +132,20 @@ class TrainBlocks(Dataset):
             raise IndexError(i)
         s = i * self.block_size
         x = torch.from_numpy(np.asarray(self.stream[s : s + self.block_size + 1], dtype=np.int64))
-        return {"input_ids": x[:-1], "targets": x[1:]}
+        item = {"input_ids": x[:-1], "targets": x[1:]}
+        if self.arcs is not None:
+            item["gold_M"] = self.arcs.matrix(s, self.block_size)
+        return item
 
 
 class EvalBlocks(Dataset):
     """Non-overlapping blocks covering every predicted token (stream[1:]) exactly once."""
 
-    def __init__(self, stream: np.ndarray, block_size: int, pad_id: int = 0):
+    def __init__(self, stream: np.ndarray, block_size: int, pad_id: int = 0, arcs=None):
         self.stream = stream
         self.block_size = block_size
         self.pad_id = pad_id
+        self.arcs = arcs  # GoldArcs (oracle analysis mode) or None
         self.n_predicted = len(stream) - 1
         self.n = math.ceil(self.n_predicted / block_size)
 
@@ -158,7 +163,10 @@ class EvalBlocks(Dataset):
         y = torch.full((T,), IGNORE_INDEX, dtype=torch.long)
         x[:m] = torch.from_numpy(chunk[:-1])
         y[:m] = torch.from_numpy(chunk[1:])
-        return {"input_ids": x, "targets": y}
+        item = {"input_ids": x, "targets": y}
+        if self.arcs is not None:
+            item["gold_M"] = self.arcs.matrix(s, T)
+        return item
 
 
 def _split_stats(docs: list[Document], n_tokens_docs: int, whitespace: bool) -> dict:
@@ -424,13 +432,34 @@ class LMDataModule(L.LightningDataModule):
             drop_last=False,
         )
 
+    def enable_gold_arcs(self, target: str) -> None:
+        """Oracle analysis mode: every batch also carries ``gold_M`` (B, T, T) built from the synthetic
+        corpus's gold trees (depenc.data.gold). Needs data.source=synthetic and the word tokenizer."""
+        self._require_setup()
+        if self.cfg["source"] != "synthetic" or self.tokenizer.kind != "word":
+            raise ValueError("gold arcs (depenc.parser=oracle) need data.source=synthetic with data.tokenizer=word")
+        from depenc.data import synthetic
+        from depenc.data.gold import GoldArcs
+
+        scfg = synthetic.SyntheticConfig.from_dict(dict(self.cfg.get("synthetic") or {}))
+        self._gold = {}
+        for split in self.streams:
+            sentences = synthetic.make_split(scfg, split)
+            starts = self.doc_offsets(split)
+            if split == "train" and self.cfg.get("max_train_docs"):
+                sentences = sentences[: len(starts)]
+            if len(sentences) != len(starts):
+                raise ValueError(f"gold arcs: {len(sentences)} sentences but {len(starts)} documents in split {split}")
+            self._gold[split] = GoldArcs([s.heads for s in sentences], starts, len(self.streams[split]), target)
+
     def train_dataset(self) -> TrainBlocks:
         self._require_setup()
-        return TrainBlocks(self.streams["train"], self.block_size)
+        return TrainBlocks(self.streams["train"], self.block_size, arcs=getattr(self, "_gold", {}).get("train"))
 
     def eval_dataset(self, split: str) -> EvalBlocks:
         self._require_setup()
-        return EvalBlocks(self.streams[split], self.block_size, pad_id=self.tokenizer.eos_id)
+        return EvalBlocks(self.streams[split], self.block_size, pad_id=self.tokenizer.eos_id,
+                          arcs=getattr(self, "_gold", {}).get(split))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset(), shuffle=True)

@@ -1,0 +1,376 @@
+"""Evaluate a trained checkpoint: ``python -m depenc.evaluate {ppl,score,align,generate} --ckpt CKPT ...``.
+
+* ``ppl --text FILE``: token perplexity, bits per byte and word perplexity of a text file (one
+  document per non-empty line, documents joined with ``<eos>`` as in training, non-overlapping blocks
+  of the model's context). Prints one JSON object.
+* ``score --input FILE``: one JSON line per non-empty input line: ``{"text", "logprob", "n_tokens"}``,
+  the total log-probability (nats) of the sentence's tokens and the closing ``<eos>`` given ``[<eos>]``.
+* ``align --treebank FILE [--select FILE] [--max-sentences N]``: dependency alignment (DESIGN 4.2) of
+  every source; ``attn_best`` only with ``--select`` (the head is chosen there, never on FILE).
+  FILE may be ``synthetic:<split>`` for a run trained on the synthetic grammar. Prints one JSON object.
+* ``generate --n N --seed S --out FILE.jsonl``: samples as JSONL (as the generation callback writes
+  them); prints their statistics as one JSON object.
+
+The tokenizer is read from ``<run_dir>/tokenizer.json`` (the checkpoint lives in
+``<run_dir>/checkpoints/``), else rebuilt from the run's data config. Errors (missing checkpoint or
+file, unreadable input) give one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+
+class CLIError(Exception):
+    """A problem the user can fix; printed as one line, exit code 2."""
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def load_run(ckpt: str, device: str = "auto") -> tuple[Any, torch.nn.Module, Any, dict]:
+    """(LightningModule, plain model in eval mode on ``device``, tokenizer, run config dict)."""
+    path = Path(ckpt)
+    if not path.is_file():
+        raise CLIError(f"checkpoint not found: {path} (give a .ckpt file, e.g. runs/<exp>/<run_id>/checkpoints/last.ckpt)")
+    from depenc.callbacks import unwrap_model
+    from depenc.lightning import load_lm
+
+    try:
+        lm = load_lm(str(path), map_location="cpu")
+    except Exception as exc:  # a truncated / foreign file
+        raise CLIError(f"cannot load checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    model = unwrap_model(lm)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
+    model.to(dev).eval()
+    run_config = dict(lm.hparams.get("run_config") or {})
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    tok_path = run_dir / "tokenizer.json"
+    from depenc.data.tokenizers import load_tokenizer
+
+    if tok_path.is_file():
+        tokenizer = load_tokenizer(tok_path)
+    else:
+        if not run_config.get("data"):
+            raise CLIError(f"no tokenizer.json next to {path} (looked in {run_dir}) and no data config in the checkpoint")
+        from depenc.data.datamodule import LMDataModule
+
+        dm = LMDataModule(run_config["data"], seed=run_config.get("seed", 0))
+        dm.setup("fit")
+        tokenizer = dm.tokenizer
+    if tokenizer.vocab_size != model.cfg.vocab_size:
+        raise CLIError(f"tokenizer has {tokenizer.vocab_size} tokens but the model {model.cfg.vocab_size}: "
+                       f"wrong tokenizer.json in {run_dir}?")
+    return lm, model, tokenizer, run_config
+
+
+def _read_lines(path: str, what: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"{what} not found: {p}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{what} {p} is not UTF-8 text: {exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _check_model(model) -> None:
+    from depenc.callbacks import needs_gold_arcs
+
+    if needs_gold_arcs(model):
+        raise CLIError("this checkpoint uses model.depenc.parser=oracle, which needs gold arcs for every input; "
+                       "it cannot be evaluated on plain text")
+
+
+# --------------------------------------------------------------------------------------------
+# perplexity and scores
+
+
+@torch.no_grad()
+def nll_of_blocks(model, blocks, batch_size: int = 16) -> tuple[float, int]:
+    """Summed NLL (nats) and number of predicted tokens over ``EvalBlocks``-like items."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for s in range(0, len(blocks), batch_size):
+        items = [blocks[i] for i in range(s, min(len(blocks), s + batch_size))]
+        x = torch.stack([it["input_ids"] for it in items]).to(device)
+        y = torch.stack([it["targets"] for it in items]).to(device)
+        logits = model(x)["logits"].float()
+        nll = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100,
+                                                reduction="sum")
+        total += float(nll)
+        count += int((y != -100).sum())
+    return total, count
+
+
+def perplexity(model, tokenizer, documents: Sequence[str], batch_size: int = 16) -> dict:
+    """Token ppl, bits per byte (UTF-8 bytes of the documents + one per closing ``<eos>``, as in
+    training) and word ppl (whitespace words + one per ``<eos>``) of the documents joined with
+    ``<eos>`` (``[eos] d1 [eos] d2 [eos] ...``), in non-overlapping blocks of the model's context."""
+    from depenc.data.datamodule import EvalBlocks
+
+    eos = tokenizer.eos_id
+    stream: list[int] = [eos]
+    for d in documents:
+        stream.extend(tokenizer.encode(d))
+        stream.append(eos)
+    blocks = EvalBlocks(np.asarray(stream, dtype=np.int64), int(model.cfg.block_size), pad_id=eos)
+    nll, n = nll_of_blocks(model, blocks, batch_size)
+    n_bytes = sum(len(d.encode("utf-8")) for d in documents) + len(documents)
+    n_words = sum(len(d.split()) for d in documents) + len(documents)
+    mean = nll / n if n else float("nan")
+    return {
+        "n_docs": len(documents),
+        "n_tokens": n,
+        "loss": mean,
+        "ppl": math.exp(mean) if n else float("nan"),
+        "n_bytes": n_bytes,
+        "bpb": nll / math.log(2) / n_bytes if n_bytes else float("nan"),
+        "n_words": n_words,
+        "word_ppl": math.exp(nll / n_words) if n_words else float("nan"),
+        "block_size": int(model.cfg.block_size),
+    }
+
+
+@torch.no_grad()
+def score_sentences(model, tokenizer, sentences: Sequence[str], batch_size: int = 32) -> list[dict]:
+    """Total log-prob (nats) of each sentence's tokens + closing ``<eos>`` given ``[<eos>]``.
+
+    Sentences longer than the context are scored in consecutive non-overlapping windows (the first
+    token of each later window sees only its own window); they are flagged ``"windowed": true``."""
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_id
+    T = int(model.cfg.block_size)
+    seqs = [[eos] + tokenizer.encode(s) + [eos] for s in sentences]
+    # (sequence index, inputs, targets) windows of at most T inputs
+    windows: list[tuple[int, list[int], list[int]]] = []
+    for k, seq in enumerate(seqs):
+        for s in range(0, len(seq) - 1, T):
+            chunk = seq[s : s + T + 1]
+            windows.append((k, chunk[:-1], chunk[1:]))
+    totals = np.zeros(len(seqs))
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i][1]))
+    for s in range(0, len(order), batch_size):
+        chunk = [windows[i] for i in order[s : s + batch_size]]
+        L = max(len(w[1]) for w in chunk)
+        x = torch.full((len(chunk), L), eos, dtype=torch.long)
+        y = torch.full((len(chunk), L), -100, dtype=torch.long)
+        for r, (_, inp, tgt) in enumerate(chunk):
+            x[r, : len(inp)] = torch.tensor(inp)
+            y[r, : len(tgt)] = torch.tensor(tgt)
+        logp = torch.log_softmax(model(x.to(device))["logits"].float(), dim=-1).cpu()
+        mask = y != -100
+        picked = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        for r, (k, _, _) in enumerate(chunk):
+            totals[k] += float(picked[r].sum())
+    return [
+        {"text": s, "logprob": float(totals[k]), "n_tokens": len(seqs[k]) - 1,
+         **({"windowed": True} if len(seqs[k]) - 1 > T else {})}
+        for k, s in enumerate(sentences)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_ppl(args) -> int:
+    docs = _read_lines(args.text, "text file")
+    _, model, tok, _ = load_run(args.ckpt, args.device)
+    _check_model(model)
+    if not docs:
+        raise CLIError(f"text file {args.text} has no non-empty line")
+    out = {"ckpt": args.ckpt, "text": args.text, **perplexity(model, tok, docs, args.batch_size)}
+    _emit(out, args.out)
+    return 0
+
+
+def cmd_score(args) -> int:
+    lines = _read_lines(args.input, "input file")
+    _, model, tok, _ = load_run(args.ckpt, args.device)
+    _check_model(model)
+    rows = score_sentences(model, tok, lines, args.batch_size)
+    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _treebank(spec: str, name: str, tok, block: int, n: int, run_config: dict):
+    from depenc.callbacks.alignment import SYNTHETIC_PREFIX, encode_treebank, load_gold, resolve_path, synthetic_gold
+
+    if spec.startswith(SYNTHETIC_PREFIX):
+        data = run_config.get("data") or {}
+        split = spec[len(SYNTHETIC_PREFIX):]
+        try:
+            gold = synthetic_gold(data.get("synthetic") or {}, split, n)
+        except ValueError as exc:
+            raise CLIError(f"--treebank {spec}: {exc}") from None
+    else:
+        if not resolve_path(spec).exists():
+            raise CLIError(f"treebank not found: {spec}")
+        try:
+            gold = load_gold(spec, n)
+        except FileNotFoundError as exc:
+            raise CLIError(str(exc)) from None
+        except (ValueError, OSError) as exc:
+            raise CLIError(f"cannot read treebank {spec}: {exc}") from None
+    return encode_treebank(name, gold, tok, block, source=spec)
+
+
+def cmd_align(args) -> int:
+    from depenc.callbacks.alignment import evaluate_alignment
+
+    _, model, tok, run_config = load_run(args.ckpt, args.device)
+    _check_model(model)
+    block = int(model.cfg.block_size)
+    name = Path(args.treebank).stem if ":" not in args.treebank else args.treebank.replace(":", "_")
+    treebank = _treebank(args.treebank, name, tok, block, args.max_sentences, run_config)
+    selection = None
+    if args.select and (args.select == args.treebank or (
+            ":" not in args.select and Path(args.select).resolve() == Path(args.treebank).resolve())):
+        raise CLIError("--select must be another treebank than --treebank: attn_best is never reported on "
+                       "the treebank its head was chosen on")
+    if args.select:
+        sel_name = "selection:" + (Path(args.select).stem if ":" not in args.select else args.select.replace(":", "_"))
+        selection = _treebank(args.select, sel_name, tok, block, args.select_max_sentences, run_config)
+    result = evaluate_alignment(model, [treebank], selection, args.batch_size, args.drop_punct, args.n_examples,
+                                args.seed)
+    tb = result["treebanks"][name]
+    out = {
+        "ckpt": args.ckpt,
+        "treebank": args.treebank,
+        "select": args.select,
+        "target": model.cfg.depenc.target if model.cfg.depenc.enabled else None,
+        "drop_punct": args.drop_punct,
+        **{k: tb[k] for k in ("n_total", "n_used", "n_skipped", "skipped")},
+        "sources": tb["sources"],
+        "best_head": result["selection"],
+    }
+    if args.n_examples:
+        out["examples"] = tb["examples"]
+    _emit(out, args.out)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from depenc.callbacks.generation import generate_samples, sample_metrics, write_samples
+
+    if args.n < 1:
+        raise CLIError("--n must be at least 1")
+    reference = _read_lines(args.reference, "reference file") if args.reference else None
+    _, model, tok, run_config = load_run(args.ckpt, args.device)
+    _check_model(model)
+    grammar = None
+    data = run_config.get("data") or {}
+    if data.get("source") == "synthetic":
+        from depenc.data import synthetic
+
+        grammar = synthetic.get_grammar(synthetic.SyntheticConfig.from_dict(dict(data.get("synthetic") or {})))
+    samples = generate_samples(model, tok, args.n, args.seed, args.batch_size, args.max_new_tokens,
+                               args.temperature, args.top_k, args.top_p)
+    metrics = sample_metrics(samples, reference, grammar)
+    try:
+        write_samples(args.out, samples)
+    except OSError as exc:
+        raise CLIError(f"cannot write {args.out}: {exc}") from None
+    _emit({"ckpt": args.ckpt, "out": args.out, "n": args.n, "seed": args.seed, "temperature": args.temperature,
+           "top_k": args.top_k, "top_p": args.top_p, "metrics": metrics}, None)
+    return 0
+
+
+def _emit(obj: dict, out: str | None) -> None:
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    text = json.dumps(clean(obj), indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    if out:
+        try:
+            Path(out).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise CLIError(f"cannot write {out}: {exc}") from None
+    else:
+        print(text)
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m depenc.evaluate", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{ppl,score,align,generate}")
+
+    def common(sp):
+        sp.add_argument("--ckpt", required=True, help="checkpoint (runs/<exp>/<run_id>/checkpoints/last.ckpt)")
+        sp.add_argument("--device", default="auto", help="auto (GPU if available) | cpu | cuda | cuda:N")
+        sp.add_argument("--batch-size", type=int, default=32)
+
+    sp = sub.add_parser("ppl", help="perplexity / bits per byte of a text file (one document per line)")
+    common(sp)
+    sp.add_argument("--text", required=True)
+    sp.add_argument("--out", default=None, help="write the JSON here instead of stdout")
+    sp.set_defaults(func=cmd_ppl)
+
+    sp = sub.add_parser("score", help="log-probability of every line (sentence) of a file, as JSON lines")
+    common(sp)
+    sp.add_argument("--input", required=True)
+    sp.add_argument("--out", default=None, help="write the JSON lines here instead of stdout")
+    sp.set_defaults(func=cmd_score)
+
+    sp = sub.add_parser("align", help="dependency alignment against a gold treebank")
+    common(sp)
+    sp.add_argument("--treebank", required=True, help=".conllu, .dp, .zip, a folder, or synthetic:<split>")
+    sp.add_argument("--select", default=None, help="treebank that chooses attn_best's head (never the reported one)")
+    sp.add_argument("--max-sentences", type=int, default=0, help="first N sentences of --treebank (0 = all)")
+    sp.add_argument("--select-max-sentences", type=int, default=0, help="first N sentences of --select (0 = all)")
+    sp.add_argument("--drop-punct", action="store_true", help="remove punctuation words before scoring")
+    sp.add_argument("--n-examples", type=int, default=0, help="keep predicted edges of the first N sentences")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random reference trees")
+    sp.add_argument("--out", default=None, help="write the JSON here instead of stdout")
+    sp.set_defaults(func=cmd_align)
+
+    sp = sub.add_parser("generate", help="sample texts to JSONL")
+    common(sp)
+    sp.set_defaults(batch_size=100)
+    sp.add_argument("--n", type=int, required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--out", required=True, help="JSONL file for the samples")
+    sp.add_argument("--temperature", type=float, default=1.0)
+    sp.add_argument("--top-k", type=int, default=0)
+    sp.add_argument("--top-p", type=float, default=1.0)
+    sp.add_argument("--max-new-tokens", type=int, default=0, help="0 = the model's block size")
+    sp.add_argument("--reference", default=None, help="reference text (one document per line) for length statistics")
+    sp.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
