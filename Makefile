@@ -6,12 +6,16 @@ PY := $(VENV)/bin/python
 EXP ?= depenc_small
 ARGS ?=
 RESUME ?=
+RUNS ?=
+NAME ?=
+JOBS ?=
+GPUS ?=
 EXPS ?= baseline_matched_small depenc_small
 SEEDS ?= 1 2 3
 export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all clean
+.PHONY: help setup train test test-all clean sweep compare notebook
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -36,6 +40,16 @@ test: setup ## Fast test suite (what CI runs)
 
 test-all: setup ## All tests, slow ones included (DDP, kill-and-resume, real corpora)
 	$(PY) -m pytest -q -m ""
+
+sweep: setup ## Train every experiment of EXPS with every seed of SEEDS, one after another (ARGS for all; JOBS=N / GPUS=0,1,.. in parallel)
+	$(PY) -m depenc.sweep --exps $(EXPS) --seeds $(SEEDS) $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS)) -- $(ARGS)
+
+compare: setup ## Report (HTML + PNG + Markdown) in reports/<NAME>/ over the runs of EXPS (seeds aggregated) or RUNS="run folders"
+	$(PY) -m depenc.compare $(if $(RUNS),--runs $(RUNS),--exps $(EXPS)) $(if $(NAME),--name $(NAME))
+
+notebook: setup ## Open notebooks/01-analyze-generations.ipynb in JupyterLab (needs: .venv/bin/pip install -e ".[notebook]")
+	@$(PY) -c "import jupyterlab" 2>/dev/null || { echo 'JupyterLab is not installed: $(PY) -m pip install -e ".[notebook]"'; exit 1; }
+	$(PY) -m jupyter lab notebooks/01-analyze-generations.ipynb
 
 clean: ## Remove caches and build artefacts (keeps runs/ and .venv)
 	rm -rf .cache build src/*.egg-info .pytest_cache

@@ -34,7 +34,7 @@ __all__ = [
     "build_callbacks",
     "cfg_get",
     "eval_mode",
-    "finite_scalars",
+    "numeric_scalars",
     "log_scalars",
     "needs_gold_arcs",
     "unwrap_model",
@@ -90,22 +90,24 @@ def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         model.train(was_training)
 
 
-def finite_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Only the finite numeric values (NaN / inf / None / non-numbers dropped), as floats."""
+def numeric_scalars(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric values as floats (None and non-numbers dropped). NaN is kept on purpose: a metric
+    that is undefined now (e.g. no invalid sentence to locate) must not leave an older value as the
+    last one in metrics.csv, which is what summary.json reports."""
     out: dict[str, float] = {}
     for key, value in metrics.items():
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, (bool, np.bool_)):
             value = float(value)
-        if isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(float(value)):
+        if isinstance(value, (int, float, np.integer, np.floating)):
             out[key] = float(value)
     return out
 
 
 def log_scalars(trainer, metrics: Mapping[str, Any], step: int | None = None) -> dict[str, float]:
     """Send scalars to every logger of ``trainer`` (works from any hook, also on_train_end)."""
-    clean = finite_scalars(metrics)
+    clean = numeric_scalars(metrics)
     if clean:
         step = trainer.global_step if step is None else step
         for logger in trainer.loggers:

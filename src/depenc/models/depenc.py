@@ -86,6 +86,9 @@ class DependencyEncoder(nn.Module):
         self.w_gate = nn.Linear(n_embd, 1, bias=True)
         self.w_struct = nn.Linear(n_embd, n_embd, bias=False) if cfg.structured_encoding else None
         self.register_buffer("bucket_dist", bucket_representative(cfg.n_distance_buckets), persistent=False)
+        # bucket of every arc length 0..block_size (+1 for target=next), so no log/floor per forward
+        self.register_buffer("bucket_of_len", distance_bucket(torch.arange(block_size + 2), cfg.n_distance_buckets),
+                             persistent=False)
 
     def init_weights(self) -> None:
         for lin in (getattr(self, "w_head", None), getattr(self, "w_dep", None)):
@@ -112,51 +115,119 @@ class DependencyEncoder(nn.Module):
 
     def candidate_mask(self, idx: torch.Tensor, eos_id: int = 0) -> torch.Tensor:
         """(B, T, T) bool: may row i pick word j? Causal by construction (j <= i)."""
-        B, T = idx.shape
-        i = torch.arange(T, device=idx.device).view(-1, 1)
-        j = torch.arange(T, device=idx.device).view(1, -1)
-        allowed = (j <= i) if self.cfg.target == "next" else (j < i)
-        allowed = (allowed & (j >= 1)).unsqueeze(0).expand(B, T, T)  # never the BOS position
-        is_eos = idx == eos_id  # (B, T)
-        allowed = allowed & ~is_eos.unsqueeze(1)  # <eos> is a boundary, never a head
+        return self._candidates(idx, 0, eos_id)
+
+    # The encoder works on a block of rows ``start .. L-1`` against the columns ``0 .. L-1``: the full
+    # forward is rows 0..T-1; cached decoding (``forward_cached``) is the new rows only. One code path
+    # for both keeps them equal. The static (T x T) parts (causality, arc lengths) are built at (T, T)
+    # size, never (B, T, T); the only (B, T, T) work is the mask, the scores, one softmax and M.
+    def _candidates(self, idx: torch.Tensor, start: int, eos_id: int) -> torch.Tensor:
+        """(B, L - start, L) bool for rows ``start..L-1`` of ``idx`` (B, L) over columns 0..L-1."""
+        B, L = idx.shape
+        i = torch.arange(start, L, device=idx.device).view(-1, 1)
+        j = torch.arange(L, device=idx.device).view(1, -1)
+        static = ((j <= i) if self.cfg.target == "next" else (j < i)) & (j >= 1)  # (Tn, L): never the BOS position
+        is_eos = idx == eos_id  # <eos> is a boundary, never a head
+        col_ok = ~is_eos
         for tok in self.cfg.exclude_ids:
-            allowed = allowed & (idx != tok).unsqueeze(1)
+            col_ok = col_ok & (idx != tok)
+        allowed = static.unsqueeze(0) & col_ok.unsqueeze(1)  # (B, Tn, L)
         if self.cfg.within_document:
             # index of the latest <eos> at or before i; candidates must come after it
-            pos = torch.arange(T, device=idx.device).expand(B, T)
-            last_eos = torch.where(is_eos, pos, torch.full_like(pos, -1)).cummax(dim=1).values  # (B, T)
+            pos = torch.arange(L, device=idx.device).expand(B, L)
+            last_eos = torch.where(is_eos, pos, -1).cummax(dim=1).values[:, start:]  # (B, Tn)
             allowed = allowed & (j.unsqueeze(0) > last_eos.unsqueeze(2))
         return allowed
 
-    def forward(self, h, idx, tok_emb, gold_M=None, from_embeddings=False, eos_id: int = 0) -> dict:
+    def _distance_scores(self, start: int, L: int, device) -> torch.Tensor:
+        """(Tn, L) distance term r(bucket(arc length)) for rows start..L-1 (arc length clamped to >= 1)."""
+        i = torch.arange(start, L, device=device).view(-1, 1)
+        j = torch.arange(L, device=device).view(1, -1)
+        arc = (i - j + (1 if self.cfg.target == "next" else 0)).clamp(0, self.bucket_of_len.numel() - 1)
+        return self.distance_bias[self.bucket_of_len[arc]]
+
+    def _row_scores(self, hn_rows: torch.Tensor, keys: torch.Tensor | None, start: int,
+                    cum: torch.Tensor | None = None, log_open_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Tn, L) arc scores of rows start..L-1. keys: (B, L, d_dep) w_dep projections of all positions;
+        cum: (B, L) cumulative log-openness (frontier); log_open_rows: (B, Tn) the rows' own log(1 - b)."""
+        B, Tn, _ = hn_rows.shape
+        L = start + Tn
+        dist = self._distance_scores(start, L, hn_rows.device)  # (Tn, L)
+        if self.cfg.parser not in ("biaffine", "frontier"):
+            return dist.unsqueeze(0).expand(B, Tn, L)
+        q = self.w_head(hn_rows)  # (B, Tn, d)
+        scale = 1.0 / math.sqrt(self.cfg.d_dep)
+        if q.dtype == torch.float32 and not torch.is_autocast_enabled(q.device.type):
+            scores = torch.baddbmm(dist, q, keys.transpose(1, 2), alpha=scale)  # bias + q k^T in one kernel
+        else:  # low precision: keep the distance term and the sum in float32
+            scores = (q @ keys.transpose(1, 2)).float() * scale + dist
+        if self.cfg.parser == "frontier":
+            # stick-breaking openness: j stays open for row i unless a token m in (j, i] closed it;
+            # log P(open) = sum_{m=j+1..i} log(1 - b_m), computed with one cumulative sum (O(T^2)).
+            # next: the token to come attaches, so token i itself may have closed j (m in (j, i]);
+            # self: token i attaches, only the tokens between matter (m in (j, i)).
+            upto = cum[:, start:] if self.cfg.target == "next" else cum[:, start:] - log_open_rows
+            scores = scores + (upto.unsqueeze(2) - cum.unsqueeze(1))
+        return scores
+
+    def _parse_rows(self, scores: torch.Tensor, allowed: torch.Tensor, hn_rows: torch.Tensor, need_P: bool):
+        """P (or None), g, M, has_cand for a block of rows from their scores and candidate mask."""
+        has_cand = allowed.any(dim=-1)  # (B, Tn)
+        # a finite fill instead of -inf: rows without candidates give a finite (uniform) softmax that
+        # g = 0 removes from M, so no nan_to_num pass is needed (exp(min - max) is exactly 0 elsewhere)
+        P_raw = torch.softmax(torch.where(allowed, scores.float(), torch.finfo(torch.float32).min), dim=-1)
+        g = torch.sigmoid(self.w_gate(hn_rows).squeeze(-1).float()) * has_cand  # (B, Tn)
+        M = g.unsqueeze(-1) * P_raw
+        P = P_raw * has_cand.unsqueeze(-1) if need_P else None  # rows without candidates -> 0
+        return P, g, M, has_cand
+
+    def _frontier_log_open(self, hn: torch.Tensor) -> torch.Tensor:
+        return F.logsigmoid(-self.w_close(hn).squeeze(-1))  # (B, T) log(1 - b_m)
+
+    def forward(self, h, idx, tok_emb, gold_M=None, from_embeddings=False, eos_id: int = 0,
+                need_analysis: bool = True) -> dict:
         """h: (B, T, C) states of block ``parser_layer``; idx: (B, T); tok_emb: (B, T, C) token embeddings.
-        Returns P, g, M (B, T, T / B, T), the structured term to add to h, and what attention needs."""
+        Returns P, g, M (B, T, T / B, T), the structured term to add to h, and what attention needs.
+        ``need_analysis=False`` skips building P (None then), which only analysis reads."""
         cfg = self.cfg
         B, T, C = h.shape
         if from_embeddings and hasattr(self, "conv"):
             h = h + self.conv(F.pad(h.transpose(1, 2), (2, 0))).transpose(1, 2)  # causal: pad left only
         hn = self.ln(h)
-        allowed = self.candidate_mask(idx, eos_id)  # (B, T, T)
-        has_cand = allowed.any(dim=-1)  # (B, T)
+        allowed = self._candidates(idx, 0, eos_id)  # (B, T, T)
         if cfg.parser == "oracle":
             if gold_M is None:
                 raise ValueError("depenc.parser=oracle needs gold arcs (gold_M) for every batch")
+            has_cand = allowed.any(dim=-1)
             M = gold_M.float() * allowed
             g = M.sum(-1).clamp(max=1.0)
             P = M / M.sum(-1, keepdim=True).clamp(min=1e-9)
         else:
-            scores = self.arc_scores(hn)  # (B, T, T)
-            scores = scores.masked_fill(~allowed, float("-inf"))
-            P = torch.softmax(scores.float(), dim=-1).nan_to_num(0.0)  # rows without candidates -> 0
-            g = torch.sigmoid(self.w_gate(hn).squeeze(-1).float()) * has_cand  # (B, T)
-            M = g.unsqueeze(-1) * P  # (B, T, T)
+            keys = self.w_dep(hn) if cfg.parser in ("biaffine", "frontier") else None
+            cum = log_open = None
+            if cfg.parser == "frontier":
+                log_open = self._frontier_log_open(hn)
+                cum = log_open.cumsum(dim=1)
+            scores = self._row_scores(hn, keys, 0, cum, log_open)
+            P, g, M, has_cand = self._parse_rows(scores, allowed, hn, need_analysis)
+        return self._outputs(P, g, M, has_cand, h.dtype, tok_emb)
+
+    def _outputs(self, P, g, M, has_cand, dtype, tok_emb, M_all=None) -> dict:
+        """The encoder's outputs from (rows of) M: powers, log M for the bias form, the structured term.
+        ``M_all``: every row of M so far (cached decoding, M holds the new rows only); None = M itself."""
+        cfg = self.cfg
         if cfg.zero_gate:
             M = torch.zeros_like(M)
-        M = M.to(h.dtype)
+        M = M.to(dtype)
+        full = M if M_all is None else M_all
+
+        def times_M(X):  # X @ M over all positions (X: rows of a power of M)
+            return X @ full
+
         out = {"P": P, "g": g, "M": M, "has_cand": has_cand, "zero_lambda": cfg.zero_lambda}
         powers = [M]
         for _ in range(1, cfg.hops):
-            powers.append(powers[-1] @ M)  # (B, T, T): k-step chains (grand-parents, ...)
+            powers.append(times_M(powers[-1]))  # (B, T, T): k-step chains (grand-parents, ...)
         out["M_powers"] = powers
         if cfg.attention == "bias":
             out["log_M"] = torch.log(M + cfg.bias_eps).unsqueeze(1)  # (B, 1, T, T), built once per forward
@@ -164,31 +235,79 @@ class DependencyEncoder(nn.Module):
         if self.w_struct is not None:
             ctx = M @ tok_emb  # (B, T, C): soft copy of the attached words
             if cfg.second_order:
-                M2 = powers[1] if len(powers) > 1 else M @ M
-                ctx = ctx + M2 @ tok_emb
+                M2 = powers[1] if len(powers) > 1 else times_M(M)
+                ctx = torch.baddbmm(ctx, M2.to(ctx.dtype), tok_emb.to(ctx.dtype))
             out["structured"] = self.w_struct(ctx)
         return out
 
     def arc_scores(self, hn: torch.Tensor) -> torch.Tensor:
         """(B, T, T) unnormalised arc scores s_ij (row i attaches to j)."""
-        B, T, _ = hn.shape
-        pos = torch.arange(T, device=hn.device)
-        dist = pos.view(-1, 1) - pos.view(1, -1) + (1 if self.cfg.target == "next" else 0)  # arc length
-        scores = self.distance_bias[distance_bucket(dist, self.cfg.n_distance_buckets)].unsqueeze(0)  # (1, T, T)
-        if self.cfg.parser in ("biaffine", "frontier"):
-            q = self.w_head(hn)  # (B, T, d)
-            k = self.w_dep(hn)  # (B, T, d)
-            scores = scores + q @ k.transpose(1, 2) / math.sqrt(self.cfg.d_dep)
+        keys = self.w_dep(hn) if self.cfg.parser in ("biaffine", "frontier") else None
+        cum = log_open = None
         if self.cfg.parser == "frontier":
-            # stick-breaking openness: j stays open for row i unless a token m in (j, i] closed it;
-            # log P(open) = sum_{m=j+1..i} log(1 - b_m), computed with one cumulative sum (O(T^2)).
-            log_open = F.logsigmoid(-self.w_close(hn).squeeze(-1))  # (B, T) log(1 - b_m)
-            cum = log_open.cumsum(dim=1)  # (B, T)
-            # next: the token to come attaches, so token i itself may have closed j (m in (j, i]);
-            # self: token i attaches, only the tokens between matter (m in (j, i)).
-            upto = cum if self.cfg.target == "next" else cum - log_open
-            scores = scores + (upto.unsqueeze(2) - cum.unsqueeze(1))
-        return scores.expand(hn.size(0), T, T) if scores.size(0) == 1 else scores
+            log_open = self._frontier_log_open(hn)
+            cum = log_open.cumsum(dim=1)
+        return self._row_scores(hn, keys, 0, cum, log_open)
+
+    # ---- incremental decoding ---------------------------------------------------------------
+    def forward_cached(self, h, idx_all, tok_emb, state: dict, start: int, capacity: int,
+                       from_embeddings: bool = False, eos_id: int = 0) -> dict:
+        """Rows ``start..L-1`` (L = start + Tn) of what :meth:`forward` gives for the whole sequence.
+        h, tok_emb: (B, Tn, C) the new positions; idx_all: (B, L) every token so far; ``state`` holds
+        what earlier positions left (w_dep keys, token embeddings, frontier sums, conv inputs, the rows
+        of M) in buffers of ``capacity`` positions, and is updated. Outputs hold the new rows only."""
+        cfg = self.cfg
+        if cfg.parser == "oracle":
+            raise ValueError("depenc.parser=oracle needs gold arcs (gold_M) for every batch")
+        B, Tn, C = h.shape
+        L = start + Tn
+        if from_embeddings and hasattr(self, "conv"):
+            h_all = cache_write(state, "h_in", h, start, capacity)  # raw inputs: the conv looks 2 back
+            lo = max(0, start - 2)
+            window = F.pad(h_all[:, lo:L].transpose(1, 2), (2 - (start - lo), 0))
+            h = h + self.conv(window).transpose(1, 2)
+        hn = self.ln(h)
+        keys = cum = log_open = None
+        if cfg.parser in ("biaffine", "frontier"):
+            keys = cache_write(state, "keys", self.w_dep(hn), start, capacity)  # (B, L, d)
+        if cfg.parser == "frontier":
+            log_open = self._frontier_log_open(hn)  # (B, Tn)
+            prev = state["cum"][:, start - 1 : start] if start > 0 else log_open.new_zeros(B, 1)
+            cum = cache_write(state, "cum", prev + log_open.cumsum(dim=1), start, capacity)  # (B, L)
+        allowed = self._candidates(idx_all, start, eos_id)  # (B, Tn, L)
+        scores = self._row_scores(hn, keys, start, cum, log_open)
+        P, g, M, has_cand = self._parse_rows(scores, allowed, hn, need_P=True)
+        tok_all = cache_write(state, "tok", tok_emb, start, capacity) if self.w_struct is not None else None
+        need_rows = cfg.hops > 1 or (cfg.second_order and self.w_struct is not None)
+        M_all = None
+        if need_rows:  # powers need every earlier row of M: M^k rows = M^{k-1} rows @ M
+            M_store = M if not cfg.zero_gate else torch.zeros_like(M)
+            M_all = cache_write_rows(state, "M", M_store.to(h.dtype), start, capacity)  # (B, L, L)
+        out = self._outputs(P, g, M, has_cand, h.dtype, tok_all, M_all)
+        return out
+
+
+def cache_write(store: dict, name: str, value: torch.Tensor, start: int, capacity: int, dim: int = 1) -> torch.Tensor:
+    """Write ``value`` at positions ``start..start+n-1`` along ``dim`` of the buffer ``store[name]``
+    (allocated with ``capacity`` positions on first use); return the filled prefix (a view)."""
+    buf = store.get(name)
+    if buf is None:
+        shape = list(value.shape)
+        shape[dim] = capacity
+        buf = store[name] = value.new_zeros(shape)
+    n = value.size(dim)
+    buf.narrow(dim, start, n).copy_(value)
+    return buf.narrow(dim, 0, start + n)
+
+
+def cache_write_rows(store: dict, name: str, rows: torch.Tensor, start: int, capacity: int) -> torch.Tensor:
+    """Rows ``start..L-1`` (B, Tn, L) of a causal (B, capacity, capacity) matrix; returns its (B, L, L) part."""
+    buf = store.get(name)
+    if buf is None:
+        buf = store[name] = rows.new_zeros(rows.size(0), capacity, capacity)
+    L = rows.size(2)
+    buf[:, start:L, :L].copy_(rows)
+    return buf[:, :L, :L]
 
 
 def encoder_diagnostics(dep: dict, target: str) -> dict[str, float]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from depenc.models.depenc import DepEncConfig, DependencyEncoder, alibi_slopes
+from depenc.models.depenc import DepEncConfig, DependencyEncoder, alibi_slopes, cache_write
 
 
 @dataclass
@@ -30,6 +30,7 @@ class ModelConfig:
     bias: bool = True
     pos: str = "learned"  # learned | alibi (a recency prior for the baseline, DESIGN study issue)
     eos_id: int = 0
+    flex_attention: bool = False  # attention with an additive bias (depenc bias form, ALiBi) via FlexAttention (GPU training; CPU inference only)
     depenc: DepEncConfig = field(default_factory=DepEncConfig)
 
     @property
@@ -71,6 +72,8 @@ def attention(
             scores = scores + bias
         weights = scores.softmax(dim=-1)
         return weights @ v, weights
+    if bias is None and q.size(-2) != k.size(-2):  # queries are the last T of S positions (cached decoding)
+        bias = causal_rows_bias(k.size(-2) - q.size(-2), k.size(-2), q.device)
     if bias is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True), None
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout_p), None
@@ -79,6 +82,35 @@ def attention(
 def causal_mask_bias(T: int, device, dtype=torch.float32) -> torch.Tensor:
     """(T, T) additive mask: 0 on and below the diagonal, -inf above."""
     return torch.full((T, T), float("-inf"), device=device, dtype=dtype).triu(1)
+
+
+def causal_rows_bias(start: int, L: int, device, dtype=torch.float32) -> torch.Tensor:
+    """(L - start, L) additive mask for query positions start..L-1 against key positions 0..L-1."""
+    return torch.full((L - start, L), float("-inf"), device=device, dtype=dtype).triu(start + 1)
+
+
+_FLEX_ATTENTION = None
+
+
+def flex_causal_attention(q, k, v, block_mask, pos_bias=None, beta=None, log_M=None) -> torch.Tensor:
+    """Causal attention through FlexAttention (compiled), the additive terms as a score modifier instead
+    of a materialised (B, H, T, T) bias: ``pos_bias`` (1, H, T, T) (ALiBi) and ``beta`` (H,) times
+    ``log_M`` (B, 1, T, T) (the dependency bias form). ``block_mask``: the causal block mask."""
+    global _FLEX_ATTENTION
+    if _FLEX_ATTENTION is None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        _FLEX_ATTENTION = torch.compile(flex_attention, dynamic=False)
+    log_M = log_M.squeeze(1) if log_M is not None else None
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        if pos_bias is not None:
+            score = score + pos_bias[0, h, q_idx, kv_idx]
+        if log_M is not None:
+            score = score + beta[h] * log_M[b, q_idx, kv_idx]
+        return score
+
+    return _FLEX_ATTENTION(q, k, v, score_mod=score_mod, block_mask=block_mask)
 
 
 class CausalSelfAttention(nn.Module):
@@ -102,27 +134,69 @@ class CausalSelfAttention(nn.Module):
         logits = torch.cat([torch.zeros_like(self.dep_gamma[:, :1]), self.dep_gamma], dim=1)
         return logits.softmax(dim=-1)
 
-    def forward(self, x, dep=None, pos_bias=None, need_weights=False):
-        """x: (B, T, C). dep: dict from the encoder (``M_powers`` list of (B, T, T), ``log_M`` (B, 1, T, T)).
-        pos_bias: (1, H, T, T) additive causal bias (ALiBi) or None."""
+    def forward(self, x, dep=None, pos_bias=None, need_weights=False, flex_mask=None):
+        """x: (B, T, C). dep: dict from the encoder (``M_powers`` list of (B, T, T), ``log_M`` (B, 1, T, T),
+        optionally ``base_bias`` (T, T) the causal mask built once per forward).
+        pos_bias: (1, H, T, T) additive causal bias (ALiBi) or None. flex_mask: a causal FlexAttention
+        block mask: attention that carries an additive bias then goes through FlexAttention."""
         B, T, C = x.shape
+        H = self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        v_bthd = v.view(B, T, H, C // H)
+        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        bias = pos_bias
+        use_dep = dep is not None and self.dep_mode is not None and not dep.get("zero_lambda", False)
+        dep_bias = use_dep and self.dep_mode == "bias"
+        mix = use_dep and self.dep_mode == "mix"
+        drop = self.dropout if self.training else 0.0
+        if mix:  # the content path's head weight folded into V (attention is linear in V)
+            w = self.mix_weights()  # (H, 1 + K)
+            v = (v_bthd * w[:, 0].view(1, 1, -1, 1)).transpose(1, 2)
+        weights = None
+        if flex_mask is not None and not need_weights and (bias is not None or dep_bias):
+            y = flex_causal_attention(q, k, v, flex_mask, pos_bias=bias, beta=self.dep_beta if dep_bias else None,
+                                      log_M=dep["log_M"] if dep_bias else None)
+        else:
+            if dep_bias:  # causal (+ ALiBi) + beta_h log(M + eps): one (B, H, T, T) kernel per layer
+                base = bias if bias is not None else dep.get("base_bias")
+                base = base if base is not None else causal_mask_bias(T, x.device)
+                bias = torch.addcmul(base, self.dep_beta.view(1, -1, 1, 1), dep["log_M"])
+            y, weights = attention(q, k, v, bias=bias, need_weights=need_weights, dropout_p=drop)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        if mix:  # + sum_k lam_hk M^k V_h for all heads at once: (B, T, T) @ (B, T, C), added in the same kernel
+            for hop, M_k in enumerate(dep["M_powers"], start=1):
+                v_k = (v_bthd * w[:, hop].view(1, 1, -1, 1)).reshape(B, T, C)
+                y = torch.baddbmm(y, M_k.to(y.dtype), v_k.to(y.dtype))
+        return self.resid_dropout(self.c_proj(y)), weights
+
+    def forward_cached(self, x, store: dict, start: int, capacity: int, dep=None, pos_bias=None):
+        """Incremental attention: x (B, Tn, C) the new positions start..L-1; ``store`` holds the keys and
+        values of earlier positions (updated). dep: the encoder's rows for the new positions
+        (``M_powers`` (B, Tn, L), ``log_M`` (B, 1, Tn, L)); pos_bias: (1, H, Tn, L) or None."""
+        B, Tn, C = x.shape
+        H, L = self.n_head, start + Tn
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (t.view(B, Tn, H, C // H).transpose(1, 2) for t in (q, k, v))  # (B, H, Tn, D)
+        k_all = cache_write(store, "k", k, start, capacity, dim=2)  # (B, H, L, D)
+        v_all = cache_write(store, "v", v, start, capacity, dim=2)
         bias = pos_bias
         use_dep = dep is not None and self.dep_mode is not None and not dep.get("zero_lambda", False)
         if use_dep and self.dep_mode == "bias":
-            dep_bias = self.dep_beta.view(1, -1, 1, 1) * dep["log_M"]  # (B, H, T, T)
-            bias = (bias if bias is not None else causal_mask_bias(T, x.device)) + dep_bias
-        drop = self.dropout if self.training else 0.0
-        y, weights = attention(q, k, v, bias=bias, need_weights=need_weights, dropout_p=drop)  # (B, H, T, D)
+            base = bias if bias is not None else causal_rows_bias(start, L, x.device)
+            bias = torch.addcmul(base, self.dep_beta.view(1, -1, 1, 1), dep["log_M"])
+        if bias is not None:
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=bias.to(q.dtype))
+        elif Tn == 1:  # one new token sees every cached position
+            y = F.scaled_dot_product_attention(q, k_all, v_all)
+        else:
+            y, _ = attention(q, k_all, v_all)  # causal, queries aligned to the last Tn positions
         if use_dep and self.dep_mode == "mix":
             w = self.mix_weights()  # (H, 1 + K)
             y = w[:, 0].view(1, -1, 1, 1) * y
-            for hop, M_k in enumerate(dep["M_powers"], start=1):
-                dep_out = M_k.unsqueeze(1).to(v.dtype) @ v  # (B, 1, T, T) @ (B, H, T, D) -> (B, H, T, D)
-                y = y + w[:, hop].view(1, -1, 1, 1) * dep_out
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y)), weights
+            for hop, M_k in enumerate(dep["M_powers"], start=1):  # rows (B, Tn, L) against cached V
+                y = y + w[:, hop].view(1, -1, 1, 1) * (M_k.unsqueeze(1).to(v_all.dtype) @ v_all)
+        y = y.transpose(1, 2).reshape(B, Tn, C)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -144,11 +218,15 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, dep=None, pos_bias=None, need_weights=False):
-        a, weights = self.attn(self.ln_1(x), dep=dep, pos_bias=pos_bias, need_weights=need_weights)
+    def forward(self, x, dep=None, pos_bias=None, need_weights=False, flex_mask=None):
+        a, weights = self.attn(self.ln_1(x), dep=dep, pos_bias=pos_bias, need_weights=need_weights, flex_mask=flex_mask)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, weights
+
+    def forward_cached(self, x, store: dict, start: int, capacity: int, dep=None, pos_bias=None):
+        x = x + self.attn.forward_cached(self.ln_1(x), store, start, capacity, dep=dep, pos_bias=pos_bias)
+        return x + self.mlp(self.ln_2(x))
 
 
 class Transformer(nn.Module):
@@ -172,6 +250,7 @@ class Transformer(nn.Module):
         self.encoder = DependencyEncoder(cfg.n_embd, cfg.block_size, dep, cfg.bias) if dep.enabled else None
         if cfg.pos == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
+        self._flex_masks: dict = {}  # causal FlexAttention block masks per (T, device)
         self.init_weights()
 
     # ---- init -------------------------------------------------------------------------------
@@ -221,14 +300,18 @@ class Transformer(nn.Module):
         x = tok if self.wpe is None else tok + self.wpe(torch.arange(T, device=idx.device))
         x = self.drop(x)
         pos_bias = self._alibi_bias(T, idx.device) if self.cfg.pos == "alibi" else None
+        flex_mask = self._flex_block_mask(T, idx.device) if self._flex_active(need_weights, idx.device) else None
         attn_maps: list[torch.Tensor] = []
         dep = None
         k = self.cfg.depenc.parser_layer if self.encoder is not None else -1
         for i, block in enumerate(self.blocks):
             if i == k:
-                dep = self.encoder(x, idx, tok, gold_M=gold_M, from_embeddings=(k == 0), eos_id=self.cfg.eos_id)
+                dep = self.encoder(x, idx, tok, gold_M=gold_M, from_embeddings=(k == 0), eos_id=self.cfg.eos_id,
+                                   need_analysis=return_analysis)
+                if "log_M" in dep and pos_bias is None:
+                    dep["base_bias"] = causal_mask_bias(T, idx.device)  # once per forward, not per layer
                 x = x + dep["structured"] if dep["structured"] is not None else x
-            x, w = block(x, dep=dep, pos_bias=pos_bias, need_weights=need_weights)
+            x, w = block(x, dep=dep, pos_bias=pos_bias, need_weights=need_weights, flex_mask=flex_mask)
             if need_weights:
                 attn_maps.append(w)
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
@@ -242,10 +325,70 @@ class Transformer(nn.Module):
         return out
 
     def _alibi_bias(self, T: int, device) -> torch.Tensor:
-        pos = torch.arange(T, device=device)
-        dist = (pos.view(-1, 1) - pos.view(1, -1)).clamp(min=0).float()  # (T, T) i - j
-        bias = -self.alibi_slopes.view(-1, 1, 1) * dist  # (H, T, T)
-        return (bias + causal_mask_bias(T, device)).unsqueeze(0)  # (1, H, T, T)
+        return self._alibi_rows(0, T, device)  # (1, H, T, T)
+
+    def _alibi_rows(self, start: int, L: int, device) -> torch.Tensor:
+        """(1, H, L - start, L) ALiBi + causal bias of query positions start..L-1."""
+        i = torch.arange(start, L, device=device).view(-1, 1)
+        j = torch.arange(L, device=device).view(1, -1)
+        dist = (i - j).clamp(min=0).float()  # i - j
+        bias = -self.alibi_slopes.view(-1, 1, 1) * dist  # (H, Tn, L)
+        return (bias + causal_rows_bias(start, L, device)).unsqueeze(0)
+
+    def _flex_active(self, need_weights: bool, device) -> bool:
+        """FlexAttention for the biased attention: config flag on, a bias to carry (dependency bias form or
+        ALiBi), no weights requested, no attention dropout, and either a GPU or no gradient (PyTorch's
+        FlexAttention has no backward on CPU: CPU training keeps the SDPA path)."""
+        if not self.cfg.flex_attention or need_weights:
+            return False
+        biased = self.cfg.pos == "alibi" or (self.encoder is not None and self.cfg.depenc.dep_attention
+                                             and self.cfg.depenc.attention == "bias")
+        if not biased or (self.training and self.cfg.dropout > 0):
+            return False
+        return device.type == "cuda" or not torch.is_grad_enabled()
+
+    def _flex_block_mask(self, T: int, device):
+        key = (T, str(device))
+        if key not in self._flex_masks:
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            self._flex_masks[key] = create_block_mask(lambda b, h, q, kv: q >= kv, None, None, T, T, device=device)
+        return self._flex_masks[key]
+
+    # ---- incremental decoding (KV cache) ----------------------------------------------------
+    def supports_cache(self) -> bool:
+        """Cached decoding needs no gold arcs: every configuration but ``depenc.parser=oracle``."""
+        return self.encoder is None or self.cfg.depenc.parser != "oracle"
+
+    def new_cache(self, batch_size: int, capacity: int | None = None) -> "KVCache":
+        """An empty cache for ``batch_size`` sequences of at most ``capacity`` (<= block_size) positions."""
+        cap = min(int(capacity or self.cfg.block_size), self.cfg.block_size)
+        return KVCache(len(self.blocks), batch_size, cap)
+
+    def forward_cached(self, idx: torch.Tensor, cache: "KVCache") -> dict:
+        """Logits (B, Tn, V) of the new tokens idx (B, Tn) given the ``cache.length`` positions already in
+        ``cache`` (a prompt in one call, then one token per call); appends them to the cache. Equal (up to
+        float rounding) to the last Tn rows of ``forward`` on the whole sequence."""
+        B, Tn = idx.shape
+        S = cache.length
+        L = S + Tn
+        if L > cache.capacity:
+            raise ValueError(f"cache holds {cache.capacity} positions; {L} needed (model.block_size={self.cfg.block_size})")
+        tok = self.wte(idx)
+        x = tok if self.wpe is None else tok + self.wpe(torch.arange(S, L, device=idx.device))
+        x = self.drop(x)
+        idx_all = cache_write(cache.state, "idx", idx, S, cache.capacity)  # (B, L)
+        pos_bias = self._alibi_rows(S, L, idx.device) if self.cfg.pos == "alibi" else None
+        dep = None
+        k = self.cfg.depenc.parser_layer if self.encoder is not None else -1
+        for i, block in enumerate(self.blocks):
+            if i == k:
+                dep = self.encoder.forward_cached(x, idx_all, tok, cache.encoder, S, cache.capacity,
+                                                  from_embeddings=(k == 0), eos_id=self.cfg.eos_id)
+                x = x + dep["structured"] if dep["structured"] is not None else x
+            x = block.forward_cached(x, cache.layers[i], S, cache.capacity, dep=dep, pos_bias=pos_bias)
+        cache.length = L
+        return {"logits": self.lm_head(self.ln_f(x))}
 
     # ---- generation -------------------------------------------------------------------------
     @torch.no_grad()
@@ -258,13 +401,27 @@ class Transformer(nn.Module):
         top_p: float | None = None,
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Ancestral sampling from prompt idx (B, T0). Rows that produced ``eos_id`` stop (padded with
-        eos). Returns (B, T0 + n) ids. Seeded through ``generator``."""
+        eos). Returns (B, T0 + n) ids. Seeded through ``generator``.
+
+        ``use_cache``: incremental decoding with a KV cache (the dependency encoder's rows included) while
+        the sequence fits in ``block_size``; beyond it every step recomputes the last ``block_size``
+        tokens (positions shift, so a cache cannot continue), which is what ``use_cache=False`` does at
+        every step. Both give the same tokens (up to float rounding of the logits)."""
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        block = self.cfg.block_size
+        cache = None
+        if use_cache and self.supports_cache() and 0 < idx.size(1) <= block:
+            cache = self.new_cache(idx.size(0), idx.size(1) + max_new_tokens)
         for _ in range(max_new_tokens):
-            context = idx[:, -self.cfg.block_size :]
-            logits = self(context)["logits"][:, -1, :]  # (B, V)
+            if cache is not None and idx.size(1) <= cache.capacity:
+                logits = self.forward_cached(idx[:, cache.length :], cache)["logits"][:, -1, :]  # (B, V)
+            else:
+                cache = None  # past the block: recompute on the cropped window
+                context = idx[:, -block:]
+                logits = self(context)["logits"][:, -1, :]  # (B, V)
             next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
             if eos_id is not None:
                 next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
@@ -273,6 +430,30 @@ class Transformer(nn.Module):
             if eos_id is not None and bool(finished.all()):
                 break
         return idx
+
+
+class KVCache:
+    """What incremental decoding keeps for a batch of sequences (``Transformer.forward_cached``): per block
+    the keys and values, for the dependency encoder its w_dep keys, token embeddings, frontier sums,
+    conv inputs and, where powers of M or second order need them, every row of M. Buffers of
+    ``capacity`` positions are allocated on first write; ``length`` positions are filled."""
+
+    def __init__(self, n_layer: int, batch_size: int, capacity: int):
+        self.batch_size, self.capacity, self.length = batch_size, capacity, 0
+        self.state: dict[str, torch.Tensor] = {}  # token ids
+        self.layers: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layer)]
+        self.encoder: dict[str, torch.Tensor] = {}
+
+    def select(self, rows: torch.Tensor) -> "KVCache":
+        """Keep the batch rows ``rows`` (indices or a bool mask), e.g. drop sequences that ended."""
+        rows = torch.as_tensor(rows)
+        if rows.dtype == torch.bool:
+            rows = rows.nonzero().squeeze(1)
+        for store in (self.state, self.encoder, *self.layers):
+            for key, t in store.items():
+                store[key] = t.index_select(0, rows.to(t.device))
+        self.batch_size = int(rows.numel())
+        return self
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
