@@ -7,7 +7,6 @@ import csv
 import json
 import math
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 
 from conftest import tiny_overrides
 from depenc.callbacks.agreement import (
-    PairItem,
     _score_slow,
     agreement_metrics,
     attr_label,
@@ -146,6 +144,21 @@ def test_oracle_parser_scores_perfectly(tok, target, monkeypatch):
     parser = res["treebanks"][tb.name]["sources"]["parser"]
     assert parser["uuas"] == 1.0 and parser["left_arc"] == 1.0
     assert all(v == 1.0 for k, v in parser.items() if k.startswith(("uuas_len_", "recall_arc_")))
+
+
+@pytest.mark.parametrize("target", ["self", "next"])
+def test_oracle_models_read_gold_arcs(tok, target):
+    """depenc.parser=oracle: alignment and agreement feed the gold arcs; generation is skipped."""
+    from depenc.callbacks.generation import GenerationCallback
+
+    model = make_model(tok.vocab_size, {"enabled": True, "parser": "oracle", "target": target}, block=128)
+    tb = treebank(tok, "test", 30, block=128)
+    res = evaluate_alignment(model, [tb], treebank(tok, "validation", 10, block=128, name="sel"))
+    parser = res["treebanks"][tb.name]["sources"]["parser"]
+    assert parser["uuas"] == 1.0 and parser["left_arc"] == 1.0
+    m, _ = evaluate_pairs(model, tok, load_pairs(SCFG, "test", 20), n_boot=50)
+    assert m["n"] == 20 and math.isfinite(m["margin"])
+    assert GenerationCallback(tok).check_model(model) is not None
 
 
 def test_alignment_skips_and_counts_long_sentences(tok):

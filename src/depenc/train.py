@@ -69,14 +69,54 @@ def git_commit() -> str | None:
         return None
 
 
+# DDP (DESIGN 8): Lightning's launcher re-runs this command for ranks 1..N-1 when trainer.fit starts, and
+# torchrun / SLURM tasks / multi-node launches start every rank themselves. Only rank zero creates and
+# writes the run folder; the other ranks use rank zero's: passed on in DEPENC_RUN_DIR to the processes
+# Lightning starts, and named in advance by run.name when an outside launcher starts every rank.
+RUN_DIR_ENV = "DEPENC_RUN_DIR"
+# the launcher's environment as this process started (Lightning later sets LOCAL_RANK, WORLD_SIZE, ... in
+# rank zero's own environment when it starts the workers; a second run in the same process must not see them)
+_LAUNCH_ENV = {k: v for k, v in os.environ.items()
+               if k in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_NTASKS", "SLURM_PROCID", RUN_DIR_ENV)}
+
+
+def is_launch_rank_zero() -> bool:
+    """Whether this process is global rank zero, known before the Trainer exists (from the launcher's
+    environment: torchrun's RANK, SLURM_PROCID of a multi-task job, Lightning's NODE_RANK/LOCAL_RANK)."""
+    env = _LAUNCH_ENV
+    if "RANK" in env:
+        return int(env["RANK"]) == 0
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"]) == 0
+    return int(env.get("NODE_RANK", "0")) == 0 and int(env.get("LOCAL_RANK", "0")) == 0
+
+
+def started_externally() -> bool:
+    """Every rank started by an outside launcher (torchrun, SLURM tasks, one launch per node)."""
+    env = _LAUNCH_ENV
+    return (not is_launch_rank_zero() or int(env.get("WORLD_SIZE", "1")) > 1
+            or int(env.get("SLURM_NTASKS", "1")) > 1 or "NODE_RANK" in env)
+
+
 def new_run_dir(cfg: DictConfig) -> Path:
+    shared = _LAUNCH_ENV.get(RUN_DIR_ENV)
+    if shared and not is_launch_rank_zero():  # a DDP worker started by rank zero's launcher: rank zero's folder
+        return Path(shared)
     base = Path(cfg.run.root) / cfg.exp
+    if started_externally():
+        if not cfg.run.name:
+            raise ConfigError("a multi-process launch (torchrun, SLURM tasks, several nodes) needs run.name=<id> "
+                              "so that every rank uses the same run folder")
+        run_dir = base / cfg.run.name
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        return run_dir
     run_id = cfg.run.name or f"{datetime.now():%Y%m%d-%H%M%S}-s{cfg.seed}"
     run_dir, n = base / run_id, 1
     while run_dir.exists():  # two runs started in the same second
         n += 1
         run_dir = base / f"{run_id}-{n}"
     (run_dir / "checkpoints").mkdir(parents=True)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # for the DDP workers Lightning starts from this process
     return run_dir
 
 
@@ -247,21 +287,30 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    if resume_dir is None:
-        run_dir = new_run_dir(cfg)
+    # DDP: only rank zero creates and writes the run folder (see new_run_dir); the other ranks read it
+    rank_zero = is_launch_rank_zero()
+    try:
+        run_dir = new_run_dir(cfg) if resume_dir is None else resume_dir
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ckpt_path = None if resume_dir is None else str(run_dir / "checkpoints" / "last.ckpt")
+    previous_metrics = None
+    if not rank_zero:
+        info_file = run_dir / "run.json"
+        run_info = json.loads(info_file.read_text()) if info_file.is_file() else {"wandb_id": None, "commands": []}
+    elif resume_dir is None:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         run_info = {"exp": cfg.exp, "run_id": run_dir.name, "wandb_id": uuid.uuid4().hex[:12],
                     "git_commit": git_commit(), "commands": [], "wall_time_s": 0.0}
-        ckpt_path, previous_metrics = None, None
     else:
-        run_dir = resume_dir
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
         run_info = json.loads((run_dir / "run.json").read_text())
-        ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
         previous_metrics = set_aside_metrics(run_dir)
-    run_info["commands"].append(command)
-    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
-    dm.save_tokenizer(run_dir)
+    if rank_zero:
+        run_info["commands"].append(command)
+        (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+        dm.save_tokenizer(run_dir)
 
     tokens_per_step = cfg.data.batch_size * cfg.data.block_size
     lm = LM_CLASSES[cfg.model.kind](

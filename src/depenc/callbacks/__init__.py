@@ -34,6 +34,7 @@ __all__ = [
     "build_callbacks",
     "cfg_get",
     "eval_mode",
+    "gold_matrices",
     "numeric_scalars",
     "log_scalars",
     "needs_gold_arcs",
@@ -72,6 +73,19 @@ def needs_gold_arcs(model: torch.nn.Module) -> bool:
     cfg = getattr(model, "cfg", None)
     dep = getattr(cfg, "depenc", None)
     return bool(dep is not None and dep.enabled and dep.parser == "oracle")
+
+
+def gold_matrices(heads_list, target: str, T: int, device=None) -> torch.Tensor:
+    """(B, T, T) gold arc matrices (``depenc.data.gold``) for inputs ``[BOS] + sentence`` cut or padded
+    to T positions, one token per word (word tokenizer): what an oracle model reads instead of P."""
+    from depenc.data.gold import sentence_gold_matrix
+
+    mats = []
+    for heads in heads_list:
+        full = max(T, len(heads) + 1)
+        mats.append(sentence_gold_matrix(list(heads), target, full)[:T, :T])
+    out = torch.stack(mats)
+    return out.to(device) if device is not None else out
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -205,9 +219,9 @@ class EvalCallback(_Callback):
         raise NotImplementedError
 
     def check_model(self, model: torch.nn.Module) -> str | None:
-        """A reason not to run on this model, or None."""
+        """A reason not to run on this model, or None (subclasses that can feed gold arcs override)."""
         if needs_gold_arcs(model):
-            return "model.depenc.parser=oracle needs gold arcs for every input; skipped"
+            return "model.depenc.parser=oracle needs gold arcs for every input, which this evaluation has not; skipped"
         return None
 
     # hooks -------------------------------------------------------------------------------------

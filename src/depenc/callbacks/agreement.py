@@ -23,7 +23,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from depenc.callbacks import EvalCallback, cfg_get, eval_mode, model_device, unwrap_model, wandb_log, write_json
+from depenc.callbacks import (
+    EvalCallback,
+    cfg_get,
+    eval_mode,
+    gold_matrices,
+    model_device,
+    needs_gold_arcs,
+    unwrap_model,
+    wandb_log,
+    write_json,
+)
 
 log = logging.getLogger("depenc.callbacks.agreement")
 
@@ -79,6 +89,7 @@ class PairItem:
     bad: str
     distance: int
     attractors: int
+    heads: tuple[int, ...] = ()  # gold heads of the sentence (for oracle models)
 
 
 def load_pairs(synthetic_cfg: Any, split: str, max_pairs: int = 0) -> list[PairItem]:
@@ -93,7 +104,8 @@ def load_pairs(synthetic_cfg: Any, split: str, max_pairs: int = 0) -> list[PairI
     out: list[PairItem] = []
     for s in synthetic.make_split(scfg, split):
         for p in synthetic.minimal_pairs([s], scfg):
-            out.append(PairItem(tuple(p.good_sentence), int(p.verb), p.good, p.bad, int(p.distance), int(p.attractors)))
+            out.append(PairItem(tuple(p.good_sentence), int(p.verb), p.good, p.bad, int(p.distance),
+                                int(p.attractors), tuple(s.heads)))
         if max_pairs and len(out) >= max_pairs:
             return out[:max_pairs]
     return out
@@ -134,11 +146,16 @@ def score_pairs(
             slow.append(k)
             continue
         groups.setdefault(p.sentence, []).append(k)
+    oracle = needs_gold_arcs(model)
+    if oracle and slow:
+        raise ValueError("an oracle model (depenc.parser=oracle) needs the word tokenizer for agreement pairs")
     units = []
     for sent, ks in groups.items():
         need = max(pairs[k].verb for k in ks)  # tokens up to (excluding) the last verb
         ids = _single_token_ids(tokenizer, list(sent[:need]))
         if ids is None and need > 0:
+            if oracle:
+                raise ValueError("an oracle model needs every word of the pairs in the vocabulary")
             slow.extend(ks)
             continue
         units.append(([eos] + (ids or []), ks))
@@ -149,7 +166,10 @@ def score_pairs(
         idx = torch.full((len(chunk), T), eos, dtype=torch.long)
         for b, (ids, _) in enumerate(chunk):
             idx[b, : len(ids)] = torch.tensor(ids)
-        logp = torch.log_softmax(model(idx.to(device))["logits"].float(), dim=-1).cpu()
+        kw = {}
+        if oracle:  # the gold arcs of the sentence; rows after the prefix only touch padding (causal)
+            kw["gold_M"] = gold_matrices([pairs[ks[0]].heads for _, ks in chunk], model.cfg.depenc.target, T, device)
+        logp = torch.log_softmax(model(idx.to(device), **kw)["logits"].float(), dim=-1).cpu()
         for b, (_, ks) in enumerate(chunk):
             for k in ks:
                 p = pairs[k]
@@ -320,6 +340,11 @@ class AgreementCallback(EvalCallback):
             seed=cfg_get(c, "seed", 0),
             run_dir=run_dir,
         )
+
+    def check_model(self, model) -> str | None:
+        if needs_gold_arcs(model) and getattr(self.tokenizer, "kind", "") != "word":
+            return "an oracle model (depenc.parser=oracle) needs the word tokenizer; skipped"
+        return None
 
     def pairs(self, split: str, n: int) -> list[PairItem]:
         key = (split, n)

@@ -29,7 +29,16 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from depenc.callbacks import EvalCallback, cfg_get, eval_mode, model_device, wandb_log, write_json
+from depenc.callbacks import (
+    EvalCallback,
+    cfg_get,
+    eval_mode,
+    gold_matrices,
+    model_device,
+    needs_gold_arcs,
+    wandb_log,
+    write_json,
+)
 from depenc.metrics.alignment import (
     ARC_BUCKET_LABELS,
     LENGTH_BUCKET_LABELS,
@@ -209,13 +218,19 @@ def sentence_word_scores(
     dep_on = bool(getattr(model.cfg.depenc, "enabled", False))
     target = getattr(model.cfg.depenc, "target", "self")
     need_attn = want_mean or heads is not None
+    oracle = needs_gold_arcs(model)
+    if oracle and any(len(e.ids) - 1 != len(e.sentence.words) for e in treebank.encoded):
+        raise ValueError("an oracle model (depenc.parser=oracle) needs one token per word (word tokenizer)")
     for batch in _batches(treebank.encoded, batch_size):
         T = max(len(e.ids) for e in batch)
         idx = torch.full((len(batch), T), eos, dtype=torch.long)
         for b, e in enumerate(batch):
             idx[b, : len(e.ids)] = torch.tensor(e.ids, dtype=torch.long)
+        kw = {}
+        if oracle:  # depenc.parser=oracle reads the gold arcs (one token per word: word tokenizer)
+            kw["gold_M"] = gold_matrices([e.sentence.heads for e in batch], target, T, device)
         with torch.no_grad():
-            out = model(idx.to(device), need_weights=need_attn, return_analysis=dep_on and want_parser)
+            out = model(idx.to(device), need_weights=need_attn, return_analysis=dep_on and want_parser, **kw)
         attn = None
         if need_attn:
             attn = torch.stack([a.float() for a in out["attn"]], dim=1).cpu().numpy()  # (B, L, H, T, T)
@@ -486,6 +501,11 @@ class AlignmentCallback(EvalCallback):
             seed=cfg_get(c, "seed", 0),
             run_dir=run_dir,
         )
+
+    def check_model(self, model) -> str | None:
+        if needs_gold_arcs(model) and getattr(self.tokenizer, "kind", "") != "word":
+            return "an oracle model (depenc.parser=oracle) needs the word tokenizer; skipped"
+        return None
 
     # data ---------------------------------------------------------------------------------------
     def _gold_sentences(self, spec: str, n: int) -> list[GoldSentence] | None:

@@ -48,9 +48,9 @@ def generate_samples(
     """``n`` samples from ``[<eos>]``, each ``{"text", "n_tokens", "ended"}`` (``ended``: stopped
     at ``<eos>`` rather than at the length limit). Deterministic for a given seed and batch size.
 
-    Same sampling as ``Transformer.generate`` (its ``sample_next``, the context cropped to the block
-    size), but rows that reached ``<eos>`` leave the batch, so a batch costs what its samples need
-    rather than ``batch x longest sample``."""
+    Same sampling as ``Transformer.generate`` (its ``sample_next`` and KV cache, the context cropped to
+    the block size beyond it), but rows that reached ``<eos>`` leave the batch (and the cache), so a
+    batch costs what its samples need rather than ``batch x longest sample``."""
     device = model_device(model)
     eos = int(tokenizer.eos_id)
     max_new = int(max_new_tokens) if max_new_tokens and max_new_tokens > 0 else int(model.cfg.block_size)
@@ -73,26 +73,35 @@ def _sample_batch(model, b, eos, max_new, temperature, top_k, top_p, gen, device
     from depenc.models.transformer import sample_next
 
     block = int(model.cfg.block_size)
-    idx = torch.full((b, 1), eos, dtype=torch.long, device=device)
+    seq = torch.full((b, 1), eos, dtype=torch.long, device=device)
+    cache = None
+    if getattr(model, "supports_cache", None) is not None and model.supports_cache():
+        cache = model.new_cache(b, min(block, 1 + max_new))  # KV cache while the sequence fits the block
     active = torch.arange(b)  # original row of each batch row
     out: list[list[int]] = [[] for _ in range(b)]
     ended = [False] * b
     for _ in range(max_new):
-        logits = model(idx[:, -block:])["logits"][:, -1, :]
+        if cache is not None and seq.size(1) <= cache.capacity:
+            logits = model.forward_cached(seq[:, cache.length :], cache)["logits"][:, -1, :]
+        else:  # past the block (or no cache): recompute the last block_size tokens, as generate() does
+            cache = None
+            logits = model(seq[:, -block:])["logits"][:, -1, :]
         nxt = sample_next(logits, temperature, top_k, top_p, gen)  # (rows,)
-        done = nxt == eos
         for r, tok in zip(active.tolist(), nxt.tolist()):
             if tok == eos:
                 ended[r] = True
             else:
                 out[r].append(tok)
-        keep = ~done.cpu()
+        keep = (nxt != eos).cpu()
         if not bool(keep.any()):
             break
-        idx = torch.cat([idx, nxt.unsqueeze(1)], dim=1)
-        if not bool(keep.all()):
-            idx = idx[keep.to(idx.device)]
-            active = active[keep]
+        seq = torch.cat([seq, nxt.unsqueeze(1)], dim=1)
+        if not bool(keep.all()):  # finished rows leave the batch (and the cache)
+            rows = keep.nonzero().squeeze(1)
+            seq = seq.index_select(0, rows.to(seq.device))
+            active = active[rows]
+            if cache is not None:
+                cache.select(rows)
     return [(out[r], ended[r]) for r in range(b)]
 
 

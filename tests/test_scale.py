@@ -1,0 +1,181 @@
+"""Scale switches (DESIGN 8) at smoke level on CPU: DDP with two processes (gloo) through the real entry
+point, bf16 mixed precision, torch.compile, and the optional FlexAttention path."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_overrides
+from depenc.train import main
+
+QUIET = ["callbacks.alignment.enabled=false", "callbacks.agreement.enabled=false",
+         "callbacks.generation.enabled=false", "trainer.test_at_end=false"]
+
+
+def run_dirs(tmp_path: Path, exp: str = "debug") -> list[Path]:
+    root = tmp_path / "runs" / exp
+    return sorted(root.iterdir()) if root.is_dir() else []
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def train_cli(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "depenc.train", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def check_rank_zero_outputs(run_dir: Path, last_step: int, n_samples: int) -> None:
+    rows = metric_rows(run_dir)
+    per_step = Counter(int(float(r["step"])) for r in rows if r.get("train/loss"))
+    assert per_step and max(per_step.values()) == 1, f"duplicate train/loss rows: {per_step}"
+    assert max(per_step) == last_step - 1 or max(per_step) == last_step, per_step
+    samples = sorted((run_dir / "samples").glob("*.jsonl"))
+    steps = [int(p.stem) for p in samples]
+    assert len(steps) == len(set(steps)) and samples, samples
+    for path in samples:  # written once, by one rank
+        assert len(path.read_text().splitlines()) == n_samples, path
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert ckpt["global_step"] == last_step
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_rank_zero_outputs_and_resume(tmp_path):
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]
+    args = ["debug", *tiny_overrides(tmp_path, *ddp, "model.kind=depenc", "trainer.max_steps=6",
+                                     "trainer.val_check_interval=3", "trainer.checkpoint_every_n_steps=3",
+                                     "trainer.log_every_n_steps=1", "trainer.test_at_end=false")]
+    out = train_cli(args)
+    dirs = run_dirs(tmp_path)
+    assert len(dirs) == 1, f"one run folder expected, got {dirs}"
+    run_dir = dirs[0]
+    assert out.stdout.count("run folder:") == 1  # the final report comes from rank zero only
+    check_rank_zero_outputs(run_dir, 6, n_samples=10)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 6
+    assert summary["tokens_seen"] == 6 * 8 * 32 * 2  # both ranks' tokens
+    info = json.loads((run_dir / "run.json").read_text())
+    assert len(info["commands"]) == 1
+
+    train_cli(["--resume", str(run_dir), *ddp, "trainer.max_steps=9"])
+    assert run_dirs(tmp_path) == [run_dir]
+    check_rank_zero_outputs(run_dir, 9, n_samples=10)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["global_step"] == 9
+    assert summary["tokens_seen"] == 9 * 8 * 32 * 2
+    steps = sorted({int(float(r["step"])) for r in metric_rows(run_dir) if r.get("train/loss")})
+    # history before the resume kept and continued (Lightning logs the first resumed step as 7, not 6)
+    assert steps[:6] == list(range(6)) and len(steps) == 9 and steps[-1] >= 8, steps
+    info = json.loads((run_dir / "run.json").read_text())
+    assert len(info["commands"]) == 2
+    assert not (run_dir / "metrics.before_resume.csv").exists()
+
+
+@pytest.mark.parametrize("kind", ["baseline", "depenc"])
+def test_bf16_mixed_precision_on_cpu(tmp_path, kind):
+    assert main(["debug", *tiny_overrides(tmp_path, f"model.kind={kind}", "trainer.accelerator=cpu",
+                                          "trainer.precision=bf16-mixed", "trainer.max_steps=4", "trainer.log_every_n_steps=1",
+                                          "trainer.val_check_interval=4", *QUIET)]) == 0
+    (run_dir,) = run_dirs(tmp_path)
+    losses = [float(r["train/loss"]) for r in metric_rows(run_dir) if r.get("train/loss")]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 4
+
+
+@pytest.mark.slow
+def test_torch_compile_on_cpu(tmp_path):
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    assert main(["debug", *tiny_overrides(tmp_path, "model.kind=depenc", "model.compile=true",
+                                          "trainer.accelerator=cpu", "trainer.max_steps=3",
+                                          "trainer.val_check_interval=3", *QUIET)]) == 0
+    (run_dir,) = run_dirs(tmp_path)
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 3
+
+
+# ---- FlexAttention ------------------------------------------------------------------------------
+FLEX_VARIANTS = {
+    "depenc_bias": ({"enabled": True, "attention": "bias"}, {}),
+    "alibi": ({}, {"pos": "alibi"}),
+    "alibi_depenc_bias_hops2": ({"enabled": True, "attention": "bias", "hops": 2, "target": "self"}, {"pos": "alibi"}),
+}
+
+
+def flex_pair(name: str, device: str):
+    from depenc.models.depenc import DepEncConfig
+    from depenc.models.transformer import ModelConfig, Transformer
+
+    dep, kw = FLEX_VARIANTS[name]
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=50, block_size=64, n_layer=3, n_head=2, n_embd=32, depenc=DepEncConfig(**dep), **kw)
+    sdpa = Transformer(cfg).to(device)
+    with torch.no_grad():
+        for b in sdpa.blocks:
+            if getattr(b.attn, "dep_beta", None) is not None:
+                b.attn.dep_beta.uniform_(0.3, 1.0)  # beta starts at 0: make the bias matter
+    flex = Transformer(ModelConfig.from_dict({**cfg.to_dict(), "flex_attention": True})).to(device)
+    flex.load_state_dict(sdpa.state_dict())
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randint(1, 50, (2, 48), generator=g)
+    idx[:, 0] = 0
+    return sdpa, flex, idx.to(device)
+
+
+def _needs_compiler():
+    if shutil.which("cc") is None and shutil.which("gcc") is None and not torch.cuda.is_available():
+        pytest.skip("FlexAttention is compiled (torch.compile); no C compiler for the CPU backend here")
+
+
+@pytest.mark.parametrize("name", list(FLEX_VARIANTS))
+def test_flex_attention_inference_equals_sdpa(name):
+    """Runs wherever FlexAttention does: on CPU (PyTorch 2.13) forward only, so without gradients."""
+    _needs_compiler()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sdpa, flex, idx = flex_pair(name, device)
+    sdpa.eval(), flex.eval()
+    with torch.no_grad():
+        ref = sdpa(idx)["logits"]
+        assert flex._flex_active(False, idx.device)
+        got = flex(idx)["logits"]
+    torch.testing.assert_close(got, ref, atol=2e-4, rtol=2e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="FlexAttention has no backward pass on CPU in PyTorch 2.13 (training path needs CUDA); "
+                           "CPU training keeps the SDPA path")
+@pytest.mark.parametrize("name", list(FLEX_VARIANTS))
+def test_flex_attention_training_equals_sdpa_on_gpu(name):
+    sdpa, flex, idx = flex_pair(name, "cuda")
+    sdpa.train(), flex.train()
+    assert flex._flex_active(False, idx.device)
+    a, b = sdpa(idx, idx), flex(idx, idx)
+    torch.testing.assert_close(b["logits"], a["logits"], atol=2e-3, rtol=2e-3)
+    a["loss"].backward()
+    b["loss"].backward()
+    grads = dict(flex.named_parameters())
+    for n, p in sdpa.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[n].grad, p.grad, atol=2e-3, rtol=2e-2, msg=lambda s: f"{n}: {s}")
+
+
+def test_flex_attention_cpu_training_keeps_sdpa():
+    """With gradients on CPU the flag falls back to SDPA (no FlexAttention backward there)."""
+    _, flex, idx = flex_pair("depenc_bias", "cpu")
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only behaviour")
+    flex.train()
+    assert not flex._flex_active(False, idx.device)
+    flex(idx, idx)["loss"].backward()
+    assert all(b.attn.dep_beta.grad is not None for b in flex.blocks[1:])
