@@ -3,6 +3,9 @@ from pathlib import Path
 
 import pytest
 
+# One thread per process: tiny models gain nothing from more, and on a shared 2-core machine
+# OpenMP threads that spin-wait against another busy process slow small ops down by orders of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
 

@@ -103,6 +103,14 @@ def test_torch_compile_on_cpu(tmp_path):
                                           "trainer.val_check_interval=3", *QUIET)]) == 0
     (run_dir,) = run_dirs(tmp_path)
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 3
+    from depenc.lightning import load_lm
+
+    try:  # analysis / evaluation rebuild the plain model from the checkpoint
+        lm = load_lm(str(run_dir / "checkpoints" / "last.ckpt"))
+    except RuntimeError as exc:
+        pytest.fail("a model.compile=true checkpoint does not load (state_dict keys carry '_orig_mod.'): "
+                    f"train.py should compile in place with lm.model.compile(), not torch.compile(lm.model): {exc!s:.200}")
+    assert lm.model.num_params() > 0
 
 
 # ---- FlexAttention ------------------------------------------------------------------------------
@@ -179,3 +187,54 @@ def test_flex_attention_cpu_training_keeps_sdpa():
     assert not flex._flex_active(False, idx.device)
     flex(idx, idx)["loss"].backward()
     assert all(b.attn.dep_beta.grad is not None for b in flex.blocks[1:])
+
+
+# ---- block-causal matmul (CPU fast path of the mix form and the structured encoding) -------------
+@pytest.mark.parametrize("with_y", [True, False])
+def test_causal_matmul_add_equals_plain_product(with_y):
+    from depenc.models.depenc import CAUSAL_CHUNK, causal_matmul_add
+
+    torch.manual_seed(0)
+    B, T, C = 2, 2 * CAUSAL_CHUNK + 22, 8  # several row blocks, the last one partial
+    M0 = torch.randn(B, T, T).tril()  # causal, diagonal included (target=next)
+    X0, y0, g = torch.randn(B, T, C), torch.randn(B, T, C), torch.randn(B, T, C)
+    leaves = [t.clone().requires_grad_() for t in (M0, X0, y0)]
+    M, X, y = leaves
+    out = causal_matmul_add(y if with_y else None, M, X)
+    ref_leaves = [t.clone().requires_grad_() for t in (M0, X0, y0)]
+    Mr, Xr, yr = ref_leaves
+    ref = (yr + Mr @ Xr) if with_y else Mr @ Xr
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-5)
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(M.grad.tril(), Mr.grad.tril(), atol=1e-4, rtol=1e-5)  # M is zero above
+    torch.testing.assert_close(X.grad, Xr.grad, atol=1e-4, rtol=1e-5)
+    if with_y:
+        torch.testing.assert_close(y.grad, yr.grad)
+
+
+def test_model_with_block_causal_path_equals_plain_path(monkeypatch):
+    """DepEnc (mix, structured encoding, second order) at T > the block size: logits and gradients of
+    the block-causal CPU path equal those of one plain batched matmul."""
+    import depenc.models.depenc as dep_mod
+    from depenc.models.depenc import DepEncConfig
+    from depenc.models.transformer import ModelConfig, Transformer
+
+    def run():
+        torch.manual_seed(0)
+        m = Transformer(ModelConfig(vocab_size=50, block_size=160, n_layer=3, n_head=2, n_embd=32,
+                                    depenc=DepEncConfig(enabled=True, hops=2, second_order=True)))
+        with torch.no_grad():
+            torch.nn.init.normal_(m.encoder.w_struct.weight, std=0.1)
+        idx = torch.randint(1, 50, (2, 150), generator=torch.Generator().manual_seed(1))
+        idx[:, 0] = 0
+        out = m(idx, idx)
+        out["loss"].backward()
+        return out["logits"].detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    logits, grads = run()
+    monkeypatch.setattr(dep_mod, "CAUSAL_CHUNK", 10_000)  # one plain matmul
+    ref_logits, ref_grads = run()
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for name, g in ref_grads.items():
+        torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=lambda s: f"{name}: {s}")

@@ -15,8 +15,8 @@ at several sequence lengths with the same number of tokens per batch (batch = to
 process and interleaved: after warm-up, every repetition runs each model once, the order rotating.
 The median step time gives tokens/s. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` after a
 reset; on CPU each (model, length) runs in a fresh subprocess that reports the growth of its peak
-resident set size (``ru_maxrss``) over its own baseline after imports (two steps, so the optimizer
-state is included). Generation tokens/s with and without the KV cache is measured for baseline and
+resident set size (VmHWM) over its own baseline after imports (parameters, optimizer state, activations
+and gradients of one training step). Generation tokens/s with and without the KV cache is measured for baseline and
 DepEnc. Writes ``<out>/bench.json`` (a list of records) and ``<out>/bench.md`` (table, ratios,
 targets, machine).
 """
@@ -118,6 +118,14 @@ def sync(device) -> None:
 
 # ---- peak memory ------------------------------------------------------------------------------
 def rss_peak_mb() -> float:
+    """Peak resident set size of this process in MiB: VmHWM of the current address space on Linux (a
+    fresh process starts from zero; ``ru_maxrss`` would carry the parent's peak over fork + exec)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
 
@@ -131,9 +139,11 @@ def probe_memory(args) -> dict:
     device = torch.device("cpu")
     model = build_model(name, args).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    step = make_step(name, model, opt, batch_for(T, args, device))
-    for _ in range(2):  # the second step holds the optimizer state as well
-        step()
+    for p in model.parameters():  # allocate the optimizer state first (what every later step holds) ...
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    make_step(name, model, opt, batch_for(T, args, device))()  # ... then one full training step
     return {"model": name, "seq_len": T, "peak_mem_mb": rss_peak_mb() - base, "rss_after_imports_mb": base}
 
 
@@ -244,7 +254,7 @@ def write_report(out: Path, records: list[dict], meta: dict) -> str:
              "| T | batch | model | params | step (ms) | tokens/s | peak memory (MB) |",
              "| ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
     for r in sorted((r for r in records if r["task"] == "train"), key=lambda r: (r["seq_len"], MODELS.index(r["model"]))):
-        mem = f"{r['peak_mem_mb']:.0f}" if r.get("peak_mem_mb") is not None else "n/a"
+        mem = f"{r['peak_mem_mb']:.1f}" if r.get("peak_mem_mb") is not None else "n/a"
         lines.append(f"| {r['seq_len']} | {r['batch_size']} | {r['model']} | {r['n_params'] / 1e6:.2f}M | "
                      f"{r['step_ms']:.0f} | {r['tokens_per_s']:.0f} | {mem} |")
     lines += ["",
@@ -290,16 +300,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--memory", choices=["auto", "none"], default="auto",
                    help="auto: CUDA peak allocation, or on CPU one subprocess per (model, length); none: skip")
     p.add_argument("--gen-batch", type=int, default=None, help="generation batch (default 8)")
-    p.add_argument("--gen-new-tokens", type=int, default=None, help="generated tokens (default 128)")
+    p.add_argument("--gen-new-tokens", type=int, default=None, help="generated tokens (default 64)")
     p.add_argument("--gen-reps", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (tests): lengths 16 32, 256 tokens, d=32")
     p.add_argument("--probe", nargs=2, metavar=("MODEL", "T"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     quick = {"lengths": [16, 32], "tokens_per_batch": 256, "reps": 2, "n_embd": 32, "n_layer": 2, "n_head": 2,
              "vocab": 100, "gen_batch": 2, "gen_new_tokens": 8}
     full = {"lengths": [128, 256, 512, 1024], "tokens_per_batch": 8192, "reps": 3, "n_embd": 256, "n_layer": 4,
-            "n_head": 4, "vocab": 8000, "gen_batch": 8, "gen_new_tokens": 128}
+            "n_head": 4, "vocab": 8000, "gen_batch": 8, "gen_new_tokens": 64}
     for key, value in (quick if args.quick else full).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -313,11 +324,15 @@ def model_argv(args) -> list[str]:
             "--vocab", str(args.vocab)]
     if args.depenc_set:
         argv += ["--depenc-set", *args.depenc_set]
+    if args.threads > 0:
+        argv += ["--threads", str(args.threads)]
     return argv
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.probe:
         torch.manual_seed(0)
         print(json.dumps(probe_memory(args)))
@@ -373,9 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.memory == "none":
         method = "not measured"
     else:
-        method = ("peak RSS growth (ru_maxrss) over the after-imports baseline, one fresh process per (model, "
-                  "length), two training steps")
-        del models  # the probes run alone
+        method = ("peak RSS growth (VmHWM) over the after-imports baseline, one fresh process per (model, "
+                  "length): parameters, AdamW state, one training step")
+        del models, steps  # the probes run alone
         for rec in [r for r in records if r["task"] == "train"]:
             rec["peak_mem_mb"] = memory_in_subprocess(rec["model"], rec["seq_len"], model_argv(args))
             print(f"T={rec['seq_len']:5d} {rec['model']:8s} peak {rec['peak_mem_mb']} MB", flush=True)

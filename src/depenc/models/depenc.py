@@ -115,29 +115,31 @@ class DependencyEncoder(nn.Module):
 
     def candidate_mask(self, idx: torch.Tensor, eos_id: int = 0) -> torch.Tensor:
         """(B, T, T) bool: may row i pick word j? Causal by construction (j <= i)."""
-        return self._candidates(idx, 0, eos_id)
+        return ~self._blocked(idx, 0, eos_id)
 
     # The encoder works on a block of rows ``start .. L-1`` against the columns ``0 .. L-1``: the full
     # forward is rows 0..T-1; cached decoding (``forward_cached``) is the new rows only. One code path
     # for both keeps them equal. The static (T x T) parts (causality, arc lengths) are built at (T, T)
     # size, never (B, T, T); the only (B, T, T) work is the mask, the scores, one softmax and M.
-    def _candidates(self, idx: torch.Tensor, start: int, eos_id: int) -> torch.Tensor:
-        """(B, L - start, L) bool for rows ``start..L-1`` of ``idx`` (B, L) over columns 0..L-1."""
+    def _blocked(self, idx: torch.Tensor, start: int, eos_id: int) -> torch.Tensor:
+        """(B, L - start, L) bool, True where row i may NOT pick word j, for rows ``start..L-1`` of ``idx``
+        (B, L) over columns 0..L-1 (the complement of the candidate mask, built directly: the scores are
+        masked in place with it)."""
         B, L = idx.shape
         i = torch.arange(start, L, device=idx.device).view(-1, 1)
         j = torch.arange(L, device=idx.device).view(1, -1)
-        static = ((j <= i) if self.cfg.target == "next" else (j < i)) & (j >= 1)  # (Tn, L): never the BOS position
+        static = ((j > i) if self.cfg.target == "next" else (j >= i)) | (j < 1)  # (Tn, L): causal, never BOS
         is_eos = idx == eos_id  # <eos> is a boundary, never a head
-        col_ok = ~is_eos
+        col_bad = is_eos
         for tok in self.cfg.exclude_ids:
-            col_ok = col_ok & (idx != tok)
-        allowed = static.unsqueeze(0) & col_ok.unsqueeze(1)  # (B, Tn, L)
+            col_bad = col_bad | (idx == tok)
+        blocked = static.unsqueeze(0) | col_bad.unsqueeze(1)  # (B, Tn, L)
         if self.cfg.within_document:
             # index of the latest <eos> at or before i; candidates must come after it
             pos = torch.arange(L, device=idx.device).expand(B, L)
             last_eos = torch.where(is_eos, pos, -1).cummax(dim=1).values[:, start:]  # (B, Tn)
-            allowed = allowed & (j.unsqueeze(0) > last_eos.unsqueeze(2))
-        return allowed
+            blocked = blocked | (j.unsqueeze(0) <= last_eos.unsqueeze(2))
+        return blocked
 
     def _distance_scores(self, start: int, L: int, device) -> torch.Tensor:
         """(Tn, L) distance term r(bucket(arc length)) for rows start..L-1 (arc length clamped to >= 1)."""
@@ -154,12 +156,12 @@ class DependencyEncoder(nn.Module):
         L = start + Tn
         dist = self._distance_scores(start, L, hn_rows.device)  # (Tn, L)
         if self.cfg.parser not in ("biaffine", "frontier"):
-            return dist.unsqueeze(0).expand(B, Tn, L)
+            return dist.unsqueeze(0).expand(B, Tn, L).clone()  # a fresh tensor: _parse_rows masks it in place
         q = self.w_head(hn_rows)  # (B, Tn, d)
         scale = 1.0 / math.sqrt(self.cfg.d_dep)
         if q.dtype == torch.float32 and not torch.is_autocast_enabled(q.device.type):
             scores = torch.baddbmm(dist, q, keys.transpose(1, 2), alpha=scale)  # bias + q k^T in one kernel
-        else:  # low precision: keep the distance term and the sum in float32
+        else:  # low precision: keep the distance term and the sum in float32 (a fresh float32 tensor)
             scores = (q @ keys.transpose(1, 2)).float() * scale + dist
         if self.cfg.parser == "frontier":
             # stick-breaking openness: j stays open for row i unless a token m in (j, i] closed it;
@@ -170,12 +172,13 @@ class DependencyEncoder(nn.Module):
             scores = scores + (upto.unsqueeze(2) - cum.unsqueeze(1))
         return scores
 
-    def _parse_rows(self, scores: torch.Tensor, allowed: torch.Tensor, hn_rows: torch.Tensor, need_P: bool):
-        """P (or None), g, M, has_cand for a block of rows from their scores and candidate mask."""
-        has_cand = allowed.any(dim=-1)  # (B, Tn)
+    def _parse_rows(self, scores: torch.Tensor, blocked: torch.Tensor, hn_rows: torch.Tensor, need_P: bool):
+        """P (or None), g, M, has_cand for a block of rows from their (fresh, float32) scores, which are
+        masked in place, and the mask of blocked candidates."""
+        has_cand = ~blocked.all(dim=-1)  # (B, Tn)
         # a finite fill instead of -inf: rows without candidates give a finite (uniform) softmax that
         # g = 0 removes from M, so no nan_to_num pass is needed (exp(min - max) is exactly 0 elsewhere)
-        P_raw = torch.softmax(torch.where(allowed, scores.float(), torch.finfo(torch.float32).min), dim=-1)
+        P_raw = torch.softmax(scores.masked_fill_(blocked, torch.finfo(torch.float32).min), dim=-1)
         g = torch.sigmoid(self.w_gate(hn_rows).squeeze(-1).float()) * has_cand  # (B, Tn)
         M = g.unsqueeze(-1) * P_raw
         P = P_raw * has_cand.unsqueeze(-1) if need_P else None  # rows without candidates -> 0
@@ -194,10 +197,11 @@ class DependencyEncoder(nn.Module):
         if from_embeddings and hasattr(self, "conv"):
             h = h + self.conv(F.pad(h.transpose(1, 2), (2, 0))).transpose(1, 2)  # causal: pad left only
         hn = self.ln(h)
-        allowed = self._candidates(idx, 0, eos_id)  # (B, T, T)
+        blocked = self._blocked(idx, 0, eos_id)  # (B, T, T)
         if cfg.parser == "oracle":
             if gold_M is None:
                 raise ValueError("depenc.parser=oracle needs gold arcs (gold_M) for every batch")
+            allowed = ~blocked
             has_cand = allowed.any(dim=-1)
             M = gold_M.float() * allowed
             g = M.sum(-1).clamp(max=1.0)
@@ -209,7 +213,7 @@ class DependencyEncoder(nn.Module):
                 log_open = self._frontier_log_open(hn)
                 cum = log_open.cumsum(dim=1)
             scores = self._row_scores(hn, keys, 0, cum, log_open)
-            P, g, M, has_cand = self._parse_rows(scores, allowed, hn, need_analysis)
+            P, g, M, has_cand = self._parse_rows(scores, blocked, hn, need_analysis)
         return self._outputs(P, g, M, has_cand, h.dtype, tok_emb)
 
     def _outputs(self, P, g, M, has_cand, dtype, tok_emb, M_all=None) -> dict:
@@ -233,10 +237,13 @@ class DependencyEncoder(nn.Module):
             out["log_M"] = torch.log(M + cfg.bias_eps).unsqueeze(1)  # (B, 1, T, T), built once per forward
         out["structured"] = None
         if self.w_struct is not None:
-            ctx = M @ tok_emb  # (B, T, C): soft copy of the attached words
+            # (B, T, C): soft copy of the attached words (full forward: M is causal, skip its zero blocks)
+            mm = (lambda y, A: causal_matmul_add(y, A, tok_emb)) if M_all is None else \
+                (lambda y, A: A @ tok_emb if y is None else torch.baddbmm(y, A.to(y.dtype), tok_emb.to(y.dtype)))
+            ctx = mm(None, M)
             if cfg.second_order:
                 M2 = powers[1] if len(powers) > 1 else times_M(M)
-                ctx = torch.baddbmm(ctx, M2.to(ctx.dtype), tok_emb.to(ctx.dtype))
+                ctx = mm(ctx, M2)
             out["structured"] = self.w_struct(ctx)
         return out
 
@@ -274,9 +281,9 @@ class DependencyEncoder(nn.Module):
             log_open = self._frontier_log_open(hn)  # (B, Tn)
             prev = state["cum"][:, start - 1 : start] if start > 0 else log_open.new_zeros(B, 1)
             cum = cache_write(state, "cum", prev + log_open.cumsum(dim=1), start, capacity)  # (B, L)
-        allowed = self._candidates(idx_all, start, eos_id)  # (B, Tn, L)
+        blocked = self._blocked(idx_all, start, eos_id)  # (B, Tn, L)
         scores = self._row_scores(hn, keys, start, cum, log_open)
-        P, g, M, has_cand = self._parse_rows(scores, allowed, hn, need_P=True)
+        P, g, M, has_cand = self._parse_rows(scores, blocked, hn, need_P=True)
         tok_all = cache_write(state, "tok", tok_emb, start, capacity) if self.w_struct is not None else None
         need_rows = cfg.hops > 1 or (cfg.second_order and self.w_struct is not None)
         M_all = None
@@ -285,6 +292,51 @@ class DependencyEncoder(nn.Module):
             M_all = cache_write_rows(state, "M", M_store.to(h.dtype), start, capacity)  # (B, L, L)
         out = self._outputs(P, g, M, has_cand, h.dtype, tok_all, M_all)
         return out
+
+
+CAUSAL_CHUNK = 64  # row-block size of causal_matmul_add on CPU
+
+
+class _CausalMatmulAdd(torch.autograd.Function):
+    """y + M @ X for a causal (lower-triangular) M, in row blocks of ``chunk``: block r only multiplies
+    the columns up to its last row, so the blocks above the diagonal (zeros) are never multiplied; the
+    backward does the same (its gradient for M is zero above the block diagonal, where M is zero)."""
+
+    @staticmethod
+    def forward(ctx, y, M, X, chunk):
+        ctx.save_for_backward(M, X)
+        ctx.chunk = chunk
+        T = M.size(1)
+        out = y.clone() if y is not None else X.new_zeros(X.size(0), T, X.size(2))
+        for r0 in range(0, T, chunk):
+            r1 = min(T, r0 + chunk)
+            out[:, r0:r1].baddbmm_(M[:, r0:r1, :r1], X[:, :r1])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        M, X = ctx.saved_tensors
+        chunk, T = ctx.chunk, M.size(1)
+        gM = torch.zeros_like(M) if ctx.needs_input_grad[1] else None
+        gX = torch.empty_like(X) if ctx.needs_input_grad[2] else None
+        for r0 in range(0, T, chunk):
+            r1 = min(T, r0 + chunk)
+            if gM is not None:  # rows r0..r1-1 of dM = dOut X^T, columns up to r1
+                gM[:, r0:r1, :r1].baddbmm_(grad[:, r0:r1], X[:, :r1].transpose(1, 2))
+            if gX is not None:  # columns r0..r1-1 of M meet the rows from r0 on: dX = M^T dOut
+                torch.bmm(M[:, r0:, r0:r1].transpose(1, 2), grad[:, r0:], out=gX[:, r0:r1])
+        return (grad if ctx.needs_input_grad[0] else None), gM, gX, None
+
+
+def causal_matmul_add(y: torch.Tensor | None, M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """y + M @ X (y None: M @ X) for a causal M (B, T, T) (zero above the diagonal) and X (B, T, C).
+    On CPU in float32 the blocks above the diagonal are skipped (about 35-40% fewer flops at T >= 256);
+    elsewhere (GPU, autocast, T <= the block size) one batched matmul."""
+    T = M.size(1)
+    if (M.device.type != "cpu" or T <= CAUSAL_CHUNK or torch.is_autocast_enabled("cpu")
+            or not (M.dtype == X.dtype == torch.float32 and (y is None or y.dtype == torch.float32))):
+        return M @ X if y is None else torch.baddbmm(y, M.to(y.dtype), X.to(y.dtype))
+    return _CausalMatmulAdd.apply(y, M, X, CAUSAL_CHUNK)
 
 
 def cache_write(store: dict, name: str, value: torch.Tensor, start: int, capacity: int, dim: int = 1) -> torch.Tensor:

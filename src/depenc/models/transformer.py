@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from depenc.models.depenc import DepEncConfig, DependencyEncoder, alibi_slopes, cache_write
+from depenc.models.depenc import DepEncConfig, DependencyEncoder, alibi_slopes, cache_write, causal_matmul_add
 
 
 @dataclass
@@ -166,7 +166,7 @@ class CausalSelfAttention(nn.Module):
         if mix:  # + sum_k lam_hk M^k V_h for all heads at once: (B, T, T) @ (B, T, C), added in the same kernel
             for hop, M_k in enumerate(dep["M_powers"], start=1):
                 v_k = (v_bthd * w[:, hop].view(1, 1, -1, 1)).reshape(B, T, C)
-                y = torch.baddbmm(y, M_k.to(y.dtype), v_k.to(y.dtype))
+                y = causal_matmul_add(y, M_k, v_k)
         return self.resid_dropout(self.c_proj(y)), weights
 
     def forward_cached(self, x, store: dict, start: int, capacity: int, dep=None, pos_bias=None):
