@@ -15,7 +15,7 @@ SEEDS ?= 1 2 3
 export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all clean sweep compare notebook
+.PHONY: help setup train test test-all clean sweep compare notebook bench
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -50,6 +50,9 @@ compare: setup ## Report (HTML + PNG + Markdown) in reports/<NAME>/ over the run
 notebook: setup ## Open notebooks/01-analyze-generations.ipynb in JupyterLab (needs: .venv/bin/pip install -e ".[notebook]")
 	@$(PY) -c "import jupyterlab" 2>/dev/null || { echo 'JupyterLab is not installed: $(PY) -m pip install -e ".[notebook]"'; exit 1; }
 	$(PY) -m jupyter lab notebooks/01-analyze-generations.ipynb
+
+bench: setup ## Training tokens/s and peak memory: baseline vs DepEnc vs GPT-2 (transformers) at T=128..1024 -> reports/bench/
+	$(PY) -m depenc.bench --out reports/bench
 
 clean: ## Remove caches and build artefacts (keeps runs/ and .venv)
 	rm -rf .cache build src/*.egg-info .pytest_cache

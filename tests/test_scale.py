@@ -195,7 +195,7 @@ def test_causal_matmul_add_equals_plain_product(with_y):
     from depenc.models.depenc import CAUSAL_CHUNK, causal_matmul_add
 
     torch.manual_seed(0)
-    B, T, C = 2, 2 * CAUSAL_CHUNK + 22, 8  # several row blocks, the last one partial
+    B, T, C = 2, 3 * CAUSAL_CHUNK + 22, 8  # several row blocks, the last one partial
     M0 = torch.randn(B, T, T).tril()  # causal, diagonal included (target=next)
     X0, y0, g = torch.randn(B, T, C), torch.randn(B, T, C), torch.randn(B, T, C)
     leaves = [t.clone().requires_grad_() for t in (M0, X0, y0)]

@@ -367,6 +367,8 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
     )
     trainer.fit(lm, datamodule=dm, ckpt_path=ckpt_path)
     trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
+    if t.val_check_interval and trainer.global_step % t.val_check_interval:
+        trainer.validate(lm, datamodule=dm, verbose=False)  # final val/... metrics at the last step
     if t.test_at_end:
         trainer.test(lm, datamodule=dm, verbose=False)
     if trainer.is_global_zero:

@@ -294,7 +294,10 @@ class DependencyEncoder(nn.Module):
         return out
 
 
-CAUSAL_CHUNK = 64  # row-block size of causal_matmul_add on CPU
+# causal_matmul_add on CPU: at most CAUSAL_BLOCKS row blocks (37.5% fewer flops with 4; more blocks save
+# a little more but cost more kernel calls, which a busy machine punishes), each at least CAUSAL_CHUNK rows
+CAUSAL_BLOCKS = 4
+CAUSAL_CHUNK = 64
 
 
 class _CausalMatmulAdd(torch.autograd.Function):
@@ -330,13 +333,13 @@ class _CausalMatmulAdd(torch.autograd.Function):
 
 def causal_matmul_add(y: torch.Tensor | None, M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """y + M @ X (y None: M @ X) for a causal M (B, T, T) (zero above the diagonal) and X (B, T, C).
-    On CPU in float32 the blocks above the diagonal are skipped (about 35-40% fewer flops at T >= 256);
-    elsewhere (GPU, autocast, T <= the block size) one batched matmul."""
+    On CPU in float32 the blocks above the diagonal are skipped (37.5% fewer flops with 4 row blocks);
+    elsewhere (GPU, autocast, T <= CAUSAL_CHUNK) one batched matmul."""
     T = M.size(1)
     if (M.device.type != "cpu" or T <= CAUSAL_CHUNK or torch.is_autocast_enabled("cpu")
             or not (M.dtype == X.dtype == torch.float32 and (y is None or y.dtype == torch.float32))):
         return M @ X if y is None else torch.baddbmm(y, M.to(y.dtype), X.to(y.dtype))
-    return _CausalMatmulAdd.apply(y, M, X, CAUSAL_CHUNK)
+    return _CausalMatmulAdd.apply(y, M, X, max(CAUSAL_CHUNK, -(-T // CAUSAL_BLOCKS)))
 
 
 def cache_write(store: dict, name: str, value: torch.Tensor, start: int, capacity: int, dim: int = 1) -> torch.Tensor:
