@@ -38,6 +38,7 @@ __all__ = [
     "numeric_scalars",
     "log_scalars",
     "needs_gold_arcs",
+    "oracle_skip_reason",
     "unwrap_model",
     "wandb_runs",
     "write_json",
@@ -86,6 +87,13 @@ def gold_matrices(heads_list, target: str, T: int, device=None) -> torch.Tensor:
         mats.append(sentence_gold_matrix(list(heads), target, full)[:T, :T])
     out = torch.stack(mats)
     return out.to(device) if device is not None else out
+
+
+def oracle_skip_reason(model: torch.nn.Module, tokenizer: Any) -> str | None:
+    """Why a callback that builds gold arcs per sentence cannot score ``model`` (None when it can)."""
+    if needs_gold_arcs(model) and getattr(tokenizer, "kind", "") != "word":
+        return "an oracle model (depenc.parser=oracle) needs the word tokenizer; skipped"
+    return None
 
 
 def model_device(model: torch.nn.Module) -> torch.device:

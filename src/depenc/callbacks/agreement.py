@@ -30,6 +30,7 @@ from depenc.callbacks import (
     gold_matrices,
     model_device,
     needs_gold_arcs,
+    oracle_skip_reason,
     unwrap_model,
     wandb_log,
     write_json,
@@ -342,9 +343,7 @@ class AgreementCallback(EvalCallback):
         )
 
     def check_model(self, model) -> str | None:
-        if needs_gold_arcs(model) and getattr(self.tokenizer, "kind", "") != "word":
-            return "an oracle model (depenc.parser=oracle) needs the word tokenizer; skipped"
-        return None
+        return oracle_skip_reason(model, self.tokenizer)
 
     def pairs(self, split: str, n: int) -> list[PairItem]:
         key = (split, n)

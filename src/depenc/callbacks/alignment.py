@@ -36,6 +36,7 @@ from depenc.callbacks import (
     gold_matrices,
     model_device,
     needs_gold_arcs,
+    oracle_skip_reason,
     wandb_log,
     write_json,
 )
@@ -503,9 +504,7 @@ class AlignmentCallback(EvalCallback):
         )
 
     def check_model(self, model) -> str | None:
-        if needs_gold_arcs(model) and getattr(self.tokenizer, "kind", "") != "word":
-            return "an oracle model (depenc.parser=oracle) needs the word tokenizer; skipped"
-        return None
+        return oracle_skip_reason(model, self.tokenizer)
 
     # data ---------------------------------------------------------------------------------------
     def _gold_sentences(self, spec: str, n: int) -> list[GoldSentence] | None:
