@@ -52,7 +52,7 @@ notebook: setup ## Open notebooks/01-analyze-generations.ipynb in JupyterLab (ne
 	$(PY) -m jupyter lab notebooks/01-analyze-generations.ipynb
 
 bench: setup ## Training tokens/s and peak memory: baseline vs DepEnc vs GPT-2 (transformers) at T=128..1024 -> reports/bench/
-	$(PY) -m depenc.bench --out reports/bench
+	$(PY) -m depenc.bench --out reports/bench $(ARGS)
 
 clean: ## Remove caches and build artefacts (keeps runs/ and .venv)
 	rm -rf .cache build src/*.egg-info .pytest_cache

@@ -238,3 +238,33 @@ def test_model_with_block_causal_path_equals_plain_path(monkeypatch):
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
     for name, g in ref_grads.items():
         torch.testing.assert_close(grads[name], g, atol=1e-5, rtol=1e-4, msg=lambda s: f"{name}: {s}")
+
+
+@pytest.mark.parametrize("alibi", [False, True])
+def test_dep_bias_attention_equals_sdpa_with_bias(alibi):
+    """The lean CPU training path of the bias form: outputs and gradients (q, k, v, beta, log M) equal
+    SDPA with the materialised bias causal (+ ALiBi) + beta_h log(M + eps)."""
+    import torch.nn.functional as F
+
+    from depenc.models.depenc import alibi_slopes
+    from depenc.models.transformer import causal_mask_bias, dep_bias_attention
+
+    torch.manual_seed(0)
+    B, H, T, D = 2, 3, 37, 8
+    base = causal_mask_bias(T, "cpu")
+    if alibi:
+        pos = torch.arange(T)
+        base = (-alibi_slopes(H).view(-1, 1, 1) * (pos.view(-1, 1) - pos.view(1, -1)).clamp(min=0) + base).unsqueeze(0)
+    M = torch.rand(B, T, T).tril() * (torch.rand(B, T, T) > 0.5)
+    leaves = [torch.randn(B, H, T, D), torch.randn(B, H, T, D), torch.randn(B, H, T, D),
+              torch.rand(H) + 0.2, torch.log(M + 0.01).unsqueeze(1)]
+    a = [t.clone().requires_grad_() for t in leaves]
+    b = [t.clone().requires_grad_() for t in leaves]
+    out = dep_bias_attention(*a, base)
+    ref = F.scaled_dot_product_attention(b[0], b[1], b[2], attn_mask=torch.addcmul(base, b[3].view(1, -1, 1, 1), b[4]))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    for name, x, y in zip(["q", "k", "v", "beta", "log_M"], a, b):
+        torch.testing.assert_close(x.grad, y.grad, atol=1e-4, rtol=1e-4, msg=lambda s: f"{name}: {s}")

@@ -51,6 +51,7 @@ def build_model_config(cfg: DictConfig, tokenizer) -> dict:
         "dropout": m.dropout,
         "bias": m.bias,
         "pos": m.pos,
+        "flex_attention": m.flex_attention,
         "eos_id": tokenizer.eos_id,
         "depenc": {**dep, "enabled": m.kind == "depenc"},
     }
@@ -331,7 +332,7 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
         with torch.no_grad():
             lm.model.wte.weight.copy_(ppmi_svd_embeddings(dm.stream("train"), dm.tokenizer.vocab_size, cfg.model.n_embd))
     if cfg.model.compile:
-        lm.model = torch.compile(lm.model)
+        lm.model.compile()  # in place: checkpoints keep the plain parameter names
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 

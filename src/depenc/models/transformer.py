@@ -89,6 +89,52 @@ def causal_rows_bias(start: int, L: int, device, dtype=torch.float32) -> torch.T
     return torch.full((L - start, L), float("-inf"), device=device, dtype=dtype).triu(start + 1)
 
 
+class _DepBiasAttention(torch.autograd.Function):
+    """Causal attention with the dependency bias, softmax(q k^T / sqrt(d) + base + beta_h log_M) v, for
+    CPU training in float32, where SDPA with a bias that needs a gradient falls back to its unfused math
+    path (five (B, H, T, T) tensors per layer). Here: one (B, H, T, T) tensor is kept for the backward
+    (the probabilities) and one more is made in it; the row sums of the softmax backward come from the
+    outputs (rowsum(dP * P) = dy . y), and the gradients of beta and log_M are contractions, never
+    materialised products. ``base``: (T, T) causal mask or (1, H, T, T) ALiBi + causal (no gradient)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, log_M, base):
+        B, H, T, D = q.shape
+        scale = 1.0 / math.sqrt(D)
+        q3, k3, v3 = (t.reshape(B * H, T, D) for t in (q, k, v))
+        S = torch.addcmul(base, beta.view(1, H, 1, 1), log_M).view(B * H, T, T)  # bias, then the scores
+        S.baddbmm_(q3, k3.transpose(1, 2), alpha=scale)
+        P = torch.softmax(S, dim=-1)
+        del S
+        y = torch.bmm(P, v3)
+        ctx.save_for_backward(q3, k3, v3, P, y, beta, log_M)
+        ctx.dims = (B, H, T, D, scale)
+        return y.view(B, H, T, D)
+
+    @staticmethod
+    def backward(ctx, dy):
+        q3, k3, v3, P, y, beta, log_M = ctx.saved_tensors
+        B, H, T, D, scale = ctx.dims
+        dy3 = dy.reshape(B * H, T, D)
+        dv = torch.bmm(P.transpose(1, 2), dy3)
+        rows = (dy3 * y).sum(-1, keepdim=True)  # (BH, T, 1) = rowsum(dP * P)
+        dS = torch.bmm(dy3, v3.transpose(1, 2)).sub_(rows).mul_(P)  # softmax backward, in place
+        dq = torch.bmm(dS, k3).mul_(scale)
+        dk = torch.bmm(dS.transpose(1, 2), q3).mul_(scale)
+        dS4 = dS.view(B, H, T * T)
+        d_beta = d_log_M = None
+        if ctx.needs_input_grad[3]:  # sum over b, i, j of dS * log_M, per head
+            d_beta = torch.bmm(dS4, log_M.reshape(B, T * T, 1)).sum(0).view(H)
+        if ctx.needs_input_grad[4]:  # sum over heads of beta_h dS_h
+            d_log_M = torch.bmm(beta.to(dS.dtype).view(1, 1, H).expand(B, 1, H), dS4).view(B, 1, T, T)
+        return dq.view(B, H, T, D), dk.view(B, H, T, D), dv.view(B, H, T, D), d_beta, d_log_M, None
+
+
+def dep_bias_attention(q, k, v, beta, log_M, base) -> torch.Tensor:
+    """(B, H, T, D) causal attention with the dependency bias (see :class:`_DepBiasAttention`)."""
+    return _DepBiasAttention.apply(q, k, v, beta, log_M, base)
+
+
 _FLEX_ATTENTION = None
 
 
@@ -156,6 +202,11 @@ class CausalSelfAttention(nn.Module):
         if flex_mask is not None and not need_weights and (bias is not None or dep_bias):
             y = flex_causal_attention(q, k, v, flex_mask, pos_bias=bias, beta=self.dep_beta if dep_bias else None,
                                       log_M=dep["log_M"] if dep_bias else None)
+        elif (dep_bias and not need_weights and drop == 0.0 and x.device.type == "cpu" and q.dtype == torch.float32
+              and dep["log_M"].dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+            base = bias if bias is not None else dep.get("base_bias")
+            base = base if base is not None else causal_mask_bias(T, x.device)
+            y = dep_bias_attention(q, k, v, self.dep_beta, dep["log_M"], base)  # CPU training: lean unfused path
         else:
             if dep_bias:  # causal (+ ALiBi) + beta_h log(M + eps): one (B, H, T, T) kernel per layer
                 base = bias if bias is not None else dep.get("base_bias")
