@@ -46,7 +46,6 @@ class LMBase(L.LightningModule):
         test_sets: list[str],
         split_stats: dict,
         kind: str = "baseline",
-        tokens_per_step: int = 0,
         log_encoder_every: int = 50,
         run_config: dict | None = None,
     ):
@@ -65,8 +64,8 @@ class LMBase(L.LightningModule):
     def training_step(self, batch, batch_idx):
         analyse = self.should_log_encoder()
         out = self.model(batch["input_ids"], batch["targets"], return_analysis=analyse, gold_M=batch.get("gold_M"))
-        n_tokens = int((batch["targets"] != -100).sum()) * self.trainer.world_size
-        self.tokens_seen += n_tokens
+        # a tensor add, no host sync in the training step
+        self.tokens_seen += (batch["targets"] != -100).sum() * self.trainer.world_size
         self.log("train/loss", out["loss"], prog_bar=True)
         self.log("train/tokens_seen", self.tokens_seen.float(), rank_zero_only=True)
         if analyse:

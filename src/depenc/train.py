@@ -313,7 +313,6 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
         (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
         dm.save_tokenizer(run_dir)
 
-    tokens_per_step = cfg.data.batch_size * cfg.data.block_size
     lm = LM_CLASSES[cfg.model.kind](
         model=model_dict,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
@@ -322,7 +321,6 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
         test_sets=list(dm.test_set_names),
         split_stats=dict(dm.split_stats),
         kind=cfg.model.kind,
-        tokens_per_step=tokens_per_step,
         log_encoder_every=cfg.trainer.log_encoder_every,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
