@@ -27,6 +27,7 @@ from depenc.callbacks.agreement import (
 from depenc.callbacks.alignment import (
     encode_treebank,
     evaluate_alignment,
+    flat_metrics,
     select_best_head,
     synthetic_gold,
 )
@@ -354,3 +355,24 @@ def test_end_to_end_callbacks_through_train(tmp_path):
     assert set(agree["splits"]) == {"test", "test_long"}
     # the validation at step 10 evaluated too; the one at the last step is left to the final evaluation
     assert (run_dir / "alignment" / "10.json").is_file() and (run_dir / "samples" / "10.jsonl").is_file()
+
+
+def test_cross_selection_reports_each_treebank_with_the_head_chosen_on_the_other(tok):
+    model = make_model(tok.vocab_size)
+    a, b = treebank(tok, "test", 30, name="a"), treebank(tok, "test_long", 20, name="b")
+    res = evaluate_alignment(model, [a, b], selection="cross", batch_size=8)
+    assert res["selection"] is None
+    cross = res["cross_selection"]
+    assert cross["a"]["selected_on"] == "b" and cross["b"]["selected_on"] == "a"
+    for name, other in (("a", b), ("b", a)):
+        pick = select_best_head(model, other, batch_size=8)
+        assert (cross[name]["layer"], cross[name]["head"]) == (pick["layer"], pick["head"])
+        tb = {"a": a, "b": b}[name]
+        direct = select_best_head(model, tb, batch_size=8)["per_head"][pick["layer"]][pick["head"]]
+        assert res["treebanks"][name]["sources"]["attn_best"]["uuas"] == pytest.approx(direct)
+    flat = flat_metrics(res)
+    assert flat["align/a/best_head/layer"] == cross["a"]["layer"] and "align/best_head/layer" not in flat
+    with pytest.raises(ValueError, match="at least two treebanks"):
+        evaluate_alignment(model, [a], selection="cross")
+    with pytest.raises(ValueError, match="selection must be"):
+        evaluate_alignment(model, [a, b], selection="wsj")

@@ -10,7 +10,9 @@ cannot change its rows). Sources scored against the gold tree:
 * ``attn_mean``: every head of every layer with the BOS column and the diagonal dropped and the
   rows renormalised over the earlier tokens (DESIGN 4.2 step 3), then averaged;
 * ``attn_best``: the single (layer, head) with the highest UUAS on a *selection* treebank,
-  reported on the other treebanks (never on the one it was chosen on);
+  reported on the other treebanks (never on the one it was chosen on). With ``selection: cross``
+  every treebank gets its own attn_best, chosen on the next treebank of the list (wrapping round),
+  so that two treebanks (WSJ, EWT) each report a head chosen on the other;
 * ``chain`` and ``random``: reference trees over the same sentences.
 
 Token scores are aggregated to words with :func:`word_scores_from_tokens`; the tree is the maximum
@@ -64,6 +66,7 @@ __all__ = [
     "GoldSentence",
     "Treebank",
     "encode_treebank",
+    "CROSS",
     "evaluate_alignment",
     "evaluate_treebank",
     "load_gold",
@@ -365,10 +368,13 @@ def evaluate_treebank(
     }
 
 
+CROSS = "cross"  # selection mode: each treebank reports a head chosen on the next one
+
+
 def evaluate_alignment(
     model: torch.nn.Module,
     treebanks: Sequence[Treebank],
-    selection: Treebank | None = None,
+    selection: Treebank | str | None = None,
     batch_size: int = 32,
     drop_punct: bool = False,
     n_examples: int = 20,
@@ -376,19 +382,37 @@ def evaluate_alignment(
 ) -> dict:
     """Choose attn_best on ``selection`` (if given), then score every treebank.
 
-    Returns ``{"selection": select_best_head(...) or None, "treebanks": {name: evaluate_treebank(...)}}``.
-    The model is put in eval mode (and restored) here.
+    ``selection="cross"``: each treebank's attn_best is chosen on the next treebank of ``treebanks``
+    (wrapping round; needs at least two). Returns ``{"selection": select_best_head(...) or None,
+    "cross_selection": {treebank name: the choice used for it} (cross only), "treebanks": {name:
+    evaluate_treebank(...)}}``. The model is put in eval mode (and restored) here.
     """
+    cross = isinstance(selection, str)
+    if cross and selection != CROSS:
+        raise ValueError(f"selection must be a treebank, None or {CROSS!r}, got {selection!r}")
+    if cross and len(treebanks) < 2:
+        raise ValueError(f"selection {CROSS!r} needs at least two treebanks, got {len(treebanks)}")
     with eval_mode(model):
-        best = select_best_head(model, selection, batch_size, drop_punct) if selection is not None else None
+        if cross:
+            picks = [select_best_head(model, tb, batch_size, drop_punct) for tb in treebanks]
+            chosen = {tb.name: picks[(i + 1) % len(treebanks)] for i, tb in enumerate(treebanks)}
+            best = None
+        else:
+            best = select_best_head(model, selection, batch_size, drop_punct) if selection is not None else None
+            chosen = {tb.name: best for tb in treebanks}
         results = {
-            tb.name: evaluate_treebank(model, tb, best, batch_size, drop_punct, n_examples, seed) for tb in treebanks
+            tb.name: evaluate_treebank(model, tb, chosen[tb.name], batch_size, drop_punct, n_examples, seed)
+            for tb in treebanks
         }
-    return {"selection": best, "treebanks": results}
+    out = {"selection": best, "treebanks": results}
+    if cross:
+        out["cross_selection"] = chosen
+    return out
 
 
 def flat_metrics(result: dict, prefix: str = "align") -> dict[str, float]:
-    """``align/<treebank>/<source>/<metric>`` scalars (+ ``align/<treebank>/n_used|n_skipped``)."""
+    """``align/<treebank>/<source>/<metric>`` scalars (+ ``align/<treebank>/n_used|n_skipped``; the
+    chosen head as ``align/best_head/*``, or ``align/<treebank>/best_head/*`` under cross-selection)."""
     out: dict[str, float] = {}
     for name, tb in result["treebanks"].items():
         out[f"{prefix}/{name}/n_used"] = tb["n_used"]
@@ -398,11 +422,13 @@ def flat_metrics(result: dict, prefix: str = "align") -> dict[str, float]:
                 if key in ("n_sentences", "n_gold_edges", "n_left_arc_words"):
                     continue
                 out[f"{prefix}/{name}/{src}/{key}"] = value
-    sel = result.get("selection")
-    if sel is not None:
-        out[f"{prefix}/best_head/layer"] = sel["layer"]
-        out[f"{prefix}/best_head/head"] = sel["head"]
-        out[f"{prefix}/best_head/selection_uuas"] = sel["uuas"]
+    chosen = {"": result.get("selection")}
+    chosen.update({f"{name}/": sel for name, sel in (result.get("cross_selection") or {}).items()})
+    for key, sel in chosen.items():
+        if sel is not None:
+            out[f"{prefix}/{key}best_head/layer"] = sel["layer"]
+            out[f"{prefix}/{key}best_head/head"] = sel["head"]
+            out[f"{prefix}/{key}best_head/selection_uuas"] = sel["uuas"]
     return out
 
 
@@ -484,6 +510,9 @@ class AlignmentCallback(EvalCallback):
                 selection = files[0] if files else None
         elif selection in ("none", ""):
             selection = None
+        elif selection == CROSS and len(specs) < 2:
+            raise ValueError(f"callbacks.alignment.selection: {CROSS!r} needs at least two treebanks "
+                             f"(each reports a head chosen on another), got {sorted(specs) or 'none'}")
         if not specs:
             log.warning("alignment callback: no treebank configured (callbacks.alignment.treebanks); disabled")
             return None
@@ -534,7 +563,7 @@ class AlignmentCallback(EvalCallback):
 
     def _selection_name(self) -> tuple[str, str] | None:
         sel = self.selection_spec
-        if sel is None:
+        if sel is None or sel == CROSS:
             return None
         if sel in self.treebank_specs:
             return sel, self.treebank_specs[sel]
@@ -554,12 +583,15 @@ class AlignmentCallback(EvalCallback):
         t0 = time.perf_counter()
         treebanks = [tb for name, spec in self.treebank_specs.items()
                      if (tb := self._treebank(name, spec, n, block)) is not None]
-        selection = None
+        selection = CROSS if self.selection_spec == CROSS else None
         sel = self._selection_name()
         if sel is not None:
             sel_name, sel_spec = sel
             sel_n = self.selection_sentences if sel_name not in self.treebank_specs else n
             selection = self._treebank(sel_name, sel_spec, sel_n, block)
+        if selection == CROSS and len(treebanks) < 2:  # a treebank file is missing (warned above)
+            log.warning("alignment: selection 'cross' needs two treebanks, %d found -- no attn_best", len(treebanks))
+            selection = None
         result = evaluate_alignment(model, treebanks, selection, self.batch_size, self.drop_punct,
                                     self.n_examples, self.seed)
         result.update(step=trainer.global_step, final=final, seconds=time.perf_counter() - t0,
