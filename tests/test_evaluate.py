@@ -143,3 +143,24 @@ def test_errors_are_one_line_and_exit_2(run, tmp_path, capsys):
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: checkpoint not found")
+
+
+def test_agree_matches_the_callback_and_ablations_change_the_model(run, capsys):
+    from depenc.callbacks.agreement import evaluate_pairs, load_pairs
+    from depenc.evaluate import load_run
+
+    rc, out, _ = call(capsys, "agree", "--ckpt", run["ckpt"], "--split", "test", "--max-pairs", "40", "--device", "cpu")
+    assert rc == 0
+    res = json.loads(out)
+    _, model, tok, _ = load_run(run["ckpt"], "cpu")
+    direct, _ = evaluate_pairs(model, tok, load_pairs(run["scfg"], "test", 40))
+    assert res["metrics"]["n"] == direct["n"] == 40 and res["ablate"] == []
+    assert res["metrics"]["margin"] == pytest.approx(direct["margin"], abs=1e-5)
+    # zero_gate removes M (and with it the structured term): the margins must move
+    rc, out, _ = call(capsys, "agree", "--ckpt", run["ckpt"], "--split", "test", "--max-pairs", "40",
+                      "--device", "cpu", "--ablate", "zero_gate")
+    assert rc == 0
+    ablated = json.loads(out)
+    assert ablated["ablate"] == ["zero_gate"] and ablated["metrics"]["margin"] != pytest.approx(direct["margin"])
+    rc, _, err = call(capsys, "agree", "--ckpt", run["ckpt"], "--split", "nope")
+    assert rc == 2 and "unknown split 'nope'" in err and len(err.strip().splitlines()) == 1

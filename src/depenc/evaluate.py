@@ -10,6 +10,11 @@
   FILE may be ``synthetic:<split>`` for a run trained on the synthetic grammar. Prints one JSON object.
 * ``generate --n N --seed S --out FILE.jsonl``: samples as JSONL (as the generation callback writes
   them); prints their statistics as one JSON object.
+* ``agree [--split test_long]``: subject-verb agreement minimal pairs of a run trained on the
+  synthetic grammar (accuracy and margin by distance and attractors, as the agreement callback logs).
+
+``--ablate zero_gate`` (M = 0) / ``--ablate zero_lambda`` (no dependency-weighted attention) switch
+off part of a DepEnc model at inference time, for any command: does the model use its structure?
 
 The tokenizer is read from ``<run_dir>/tokenizer.json`` (the checkpoint lives in
 ``<run_dir>/checkpoints/``), else rebuilt from the run's data config. Errors (missing checkpoint or
@@ -184,9 +189,43 @@ def score_sentences(model, tokenizer, sentences: Sequence[str], batch_size: int 
 # commands
 
 
+ABLATIONS = ("zero_gate", "zero_lambda")
+
+
+def _load(args) -> tuple[Any, torch.nn.Module, Any, dict]:
+    """load_run with the command's ``--ablate`` switches applied to the dependency encoder."""
+    lm, model, tok, run_config = load_run(args.ckpt, args.device)
+    ablate = list(getattr(args, "ablate", None) or [])
+    if ablate:
+        if not model.cfg.depenc.enabled:
+            raise CLIError(f"--ablate {' '.join(ablate)}: {args.ckpt} is not a DepEnc model (nothing to switch off)")
+        for flag in ablate:
+            setattr(model.encoder.cfg, flag, True)
+    return lm, model, tok, run_config
+
+
+def cmd_agree(args) -> int:
+    from depenc.callbacks import oracle_skip_reason
+    from depenc.callbacks.agreement import evaluate_pairs, load_pairs
+
+    _, model, tok, run_config = _load(args)
+    if (reason := oracle_skip_reason(model, tok)) is not None:
+        raise CLIError(reason.replace("; skipped", ""))
+    data = run_config.get("data") or {}
+    if data.get("source") != "synthetic":
+        raise CLIError(f"agree needs a run trained on the synthetic grammar (data.source is {data.get('source')!r})")
+    try:
+        pairs = load_pairs(data.get("synthetic") or {}, args.split, args.max_pairs)
+    except (KeyError, ValueError) as exc:
+        raise CLIError(f"--split {args.split}: {exc}") from None
+    metrics, _ = evaluate_pairs(model, tok, pairs, args.batch_size, seed=args.seed)
+    _emit({"ckpt": args.ckpt, "split": args.split, "ablate": args.ablate or [], "metrics": metrics}, args.out)
+    return 0
+
+
 def cmd_ppl(args) -> int:
     docs = _read_lines(args.text, "text file")
-    _, model, tok, _ = load_run(args.ckpt, args.device)
+    _, model, tok, _ = _load(args)
     _check_model(model)
     if not docs:
         raise CLIError(f"text file {args.text} has no non-empty line")
@@ -197,7 +236,7 @@ def cmd_ppl(args) -> int:
 
 def cmd_score(args) -> int:
     lines = _read_lines(args.input, "input file")
-    _, model, tok, _ = load_run(args.ckpt, args.device)
+    _, model, tok, _ = _load(args)
     _check_model(model)
     rows = score_sentences(model, tok, lines, args.batch_size)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -233,7 +272,7 @@ def _treebank(spec: str, name: str, tok, block: int, n: int, run_config: dict):
 def cmd_align(args) -> int:
     from depenc.callbacks.alignment import evaluate_alignment
 
-    _, model, tok, run_config = load_run(args.ckpt, args.device)  # oracle models read the gold arcs here
+    _, model, tok, run_config = _load(args)  # oracle models read the gold arcs here
     block = int(model.cfg.block_size)
     name = Path(args.treebank).stem if ":" not in args.treebank else args.treebank.replace(":", "_")
     treebank = _treebank(args.treebank, name, tok, block, args.max_sentences, run_config)
@@ -273,7 +312,7 @@ def cmd_generate(args) -> int:
     if args.n < 1:
         raise CLIError("--n must be at least 1")
     reference = _read_lines(args.reference, "reference file") if args.reference else None
-    _, model, tok, run_config = load_run(args.ckpt, args.device)
+    _, model, tok, run_config = _load(args)
     _check_model(model)
     grammar = None
     data = run_config.get("data") or {}
@@ -319,12 +358,14 @@ def _emit(obj: dict, out: str | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m depenc.evaluate", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{ppl,score,align,generate}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{ppl,score,align,generate,agree}")
 
     def common(sp):
         sp.add_argument("--ckpt", required=True, help="checkpoint (runs/<exp>/<run_id>/checkpoints/last.ckpt)")
         sp.add_argument("--device", default="auto", help="auto (GPU if available) | cpu | cuda | cuda:N")
         sp.add_argument("--batch-size", type=int, default=32)
+        sp.add_argument("--ablate", action="append", choices=ABLATIONS, default=None,
+                        help="switch off part of a DepEnc model at inference time (repeatable)")
 
     sp = sub.add_parser("ppl", help="perplexity / bits per byte of a text file (one document per line)")
     common(sp)
@@ -362,6 +403,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-new-tokens", type=int, default=0, help="0 = the model's block size")
     sp.add_argument("--reference", default=None, help="reference text (one document per line) for length statistics")
     sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("agree", help="subject-verb agreement minimal pairs (runs on the synthetic grammar)")
+    common(sp)
+    sp.add_argument("--split", default="test_long", help="synthetic split of the pairs: test | test_long | ...")
+    sp.add_argument("--max-pairs", type=int, default=0, help="first N pairs (0 = all)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    sp.add_argument("--out", default=None, help="write the JSON here instead of stdout")
+    sp.set_defaults(func=cmd_agree)
     return p
 
 
