@@ -14,11 +14,16 @@ import statistics
 import sys
 from pathlib import Path
 
+def over_20(prefix: str) -> tuple[str, str]:
+    """The two length buckets of sentences over 20 words (averaged by :func:`value`)."""
+    return (f"{prefix}/uuas_len_21-40", f"{prefix}/uuas_len_>40")
+
+
 COLUMNS = [
     ("val ppl", "val/validation/ppl", 2),
     ("test_long ppl", "test/test_long/ppl", 2),
     ("parser UUAS", "align/synthetic/parser/uuas", 3),
-    ("parser UUAS >20 w", ("align/synthetic/parser/uuas_len_21-40", "align/synthetic/parser/uuas_len_>40"), 3),
+    ("parser UUAS >20 w", over_20("align/synthetic/parser"), 3),
     ("parser left-arc", "align/synthetic/parser/left_arc", 3),
     ("best head UUAS", "align/synthetic/attn_best/uuas", 3),
     ("agree >12 (test_long)", "agree/test_long/acc_dist_>12", 3),
@@ -36,11 +41,11 @@ BROWN_COLUMNS = [
     ("WikiText-2 bpb", "test/wikitext2_test/bpb", 3),
     ("PTB bpb", "test/ptb_test/bpb", 3),
     ("WSJ parser UUAS", "align/wsj/parser/uuas", 3),
-    ("WSJ parser >20 w", ("align/wsj/parser/uuas_len_21-40", "align/wsj/parser/uuas_len_>40"), 3),
+    ("WSJ parser >20 w", over_20("align/wsj/parser"), 3),
     ("WSJ parser left-arc", "align/wsj/parser/left_arc", 3),
     ("WSJ best head", "align/wsj/attn_best/uuas", 3),
     ("EWT parser UUAS", "align/ewt/parser/uuas", 3),
-    ("EWT parser >20 w", ("align/ewt/parser/uuas_len_21-40", "align/ewt/parser/uuas_len_>40"), 3),
+    ("EWT parser >20 w", over_20("align/ewt/parser"), 3),
     ("EWT best head", "align/ewt/attn_best/uuas", 3),
 ]
 REFERENCES = {  # (label, summary key prefix) of the chain lines printed under each table
@@ -81,7 +86,7 @@ def main(root: str = "runs/study", brown: bool = False) -> None:
     for label, prefix in REFERENCES["brown" if brown else "synthetic"]:
         first = next((s for ss in rows.values() for s in ss if value(s, f"{prefix}/uuas") is not None), None)
         if first is not None:
-            over20 = value(first, (f"{prefix}/uuas_len_21-40", f"{prefix}/uuas_len_>40"))
+            over20 = value(first, over_20(prefix))
             print(f"Adjacent-word chain on the {label}: UUAS {value(first, f'{prefix}/uuas'):.3f}, "
                   f"over 20 words {over20:.3f}, left-arc {value(first, f'{prefix}/left_arc'):.3f}.")
 

@@ -121,9 +121,10 @@ def rss_peak_mb() -> float:
     """Peak resident set size of this process in MiB: VmHWM of the current address space on Linux (a
     fresh process starts from zero; ``ru_maxrss`` would carry the parent's peak over fork + exec)."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
     except OSError:
         pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

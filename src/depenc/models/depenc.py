@@ -237,13 +237,10 @@ class DependencyEncoder(nn.Module):
             out["log_M"] = torch.log(M + cfg.bias_eps).unsqueeze(1)  # (B, 1, T, T), built once per forward
         out["structured"] = None
         if self.w_struct is not None:
-            # (B, T, C): soft copy of the attached words (full forward: M is causal, skip its zero blocks)
-            mm = (lambda y, A: causal_matmul_add(y, A, tok_emb)) if M_all is None else \
-                (lambda y, A: A @ tok_emb if y is None else torch.baddbmm(y, A.to(y.dtype), tok_emb.to(y.dtype)))
-            ctx = mm(None, M)
+            ctx = causal_matmul_add(None, M, tok_emb)  # (B, T, C): soft copy of the attached words
             if cfg.second_order:
                 M2 = powers[1] if len(powers) > 1 else times_M(M)
-                ctx = mm(ctx, M2)
+                ctx = causal_matmul_add(ctx, M2, tok_emb)
             out["structured"] = self.w_struct(ctx)
         return out
 
@@ -332,11 +329,12 @@ class _CausalMatmulAdd(torch.autograd.Function):
 
 
 def causal_matmul_add(y: torch.Tensor | None, M: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """y + M @ X (y None: M @ X) for a causal M (B, T, T) (zero above the diagonal) and X (B, T, C).
-    On CPU in float32 the blocks above the diagonal are skipped (37.5% fewer flops with 4 row blocks);
-    elsewhere (GPU, autocast, T <= CAUSAL_CHUNK) one batched matmul."""
+    """y + M @ X (y None: M @ X) for M (B, R, T) and X (B, T, C). A square M is causal (zero above the
+    diagonal): on CPU in float32 its blocks above the diagonal are skipped (37.5% fewer flops with 4 row
+    blocks); elsewhere (GPU, autocast, T <= CAUSAL_CHUNK, the R < T new rows of cached decoding) one
+    batched matmul."""
     T = M.size(1)
-    if (M.device.type != "cpu" or T <= CAUSAL_CHUNK or torch.is_autocast_enabled("cpu")
+    if (M.device.type != "cpu" or T <= CAUSAL_CHUNK or M.size(2) != T or torch.is_autocast_enabled("cpu")
             or not (M.dtype == X.dtype == torch.float32 and (y is None or y.dtype == torch.float32))):
         return M @ X if y is None else torch.baddbmm(y, M.to(y.dtype), X.to(y.dtype))
     return _CausalMatmulAdd.apply(y, M, X, max(CAUSAL_CHUNK, -(-T // CAUSAL_BLOCKS)))

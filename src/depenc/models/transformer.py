@@ -130,6 +130,15 @@ class _DepBiasAttention(torch.autograd.Function):
         return dq.view(B, H, T, D), dk.view(B, H, T, D), dv.view(B, H, T, D), d_beta, d_log_M, None
 
 
+def dep_base_bias(pos_bias, dep: dict, T: int, device) -> torch.Tensor:
+    """The additive causal bias the dependency term beta_h log(M + eps) is added to: ALiBi + causal if
+    given, else the causal mask built once per forward (``dep["base_bias"]``), else a fresh one."""
+    if pos_bias is not None:
+        return pos_bias
+    base = dep.get("base_bias")
+    return base if base is not None else causal_mask_bias(T, device)
+
+
 def dep_bias_attention(q, k, v, beta, log_M, base) -> torch.Tensor:
     """(B, H, T, D) causal attention with the dependency bias (see :class:`_DepBiasAttention`)."""
     return _DepBiasAttention.apply(q, k, v, beta, log_M, base)
@@ -204,13 +213,11 @@ class CausalSelfAttention(nn.Module):
                                       log_M=dep["log_M"] if dep_bias else None)
         elif (dep_bias and not need_weights and drop == 0.0 and x.device.type == "cpu" and q.dtype == torch.float32
               and dep["log_M"].dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
-            base = bias if bias is not None else dep.get("base_bias")
-            base = base if base is not None else causal_mask_bias(T, x.device)
+            base = dep_base_bias(bias, dep, T, x.device)
             y = dep_bias_attention(q, k, v, self.dep_beta, dep["log_M"], base)  # CPU training: lean unfused path
         else:
             if dep_bias:  # causal (+ ALiBi) + beta_h log(M + eps): one (B, H, T, T) kernel per layer
-                base = bias if bias is not None else dep.get("base_bias")
-                base = base if base is not None else causal_mask_bias(T, x.device)
+                base = dep_base_bias(bias, dep, T, x.device)
                 bias = torch.addcmul(base, self.dep_beta.view(1, -1, 1, 1), dep["log_M"])
             y, weights = attention(q, k, v, bias=bias, need_weights=need_weights, dropout_p=drop)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)
