@@ -4,15 +4,19 @@ equivalence with the baseline when DepEnc's switches are off, gradient flow, gen
 import pytest
 import torch
 
-from depenc.models.depenc import DepEncConfig
-from depenc.models.transformer import ModelConfig, Transformer, attention, matched_mlp_hidden, sample_next
+from depenc.models.attention import explicit_attention
+from depenc.schema import DepEncConfig, ModelConfig
+from depenc.models.transformer import Transformer, sample_next
+from depenc.train import matched_mlp_hidden
 
 V, T = 40, 24
 
 
 def make(depenc: dict | None = None, **kw) -> Transformer:
+    """The baseline (depenc None) or DepEnc with the shipped defaults and the given changes."""
     torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=V, block_size=32, n_layer=3, n_head=2, n_embd=32,
+    kind = "baseline" if depenc is None else "depenc"
+    cfg = ModelConfig(kind=kind, vocab_size=V, block_size=32, n_layer=3, n_head=2, n_embd=32,
                       depenc=DepEncConfig(**(depenc or {})), **kw)
     return Transformer(cfg).eval()
 
@@ -41,19 +45,17 @@ def make_trained_like(depenc):
 
 VARIANTS = [
     None,
-    {"enabled": True},
-    {"enabled": True, "target": "self"},
-    {"enabled": True, "attention": "bias"},
-    {"enabled": True, "hops": 2, "second_order": True},
-    {"enabled": True, "parser": "frontier"},
-    {"enabled": True, "parser": "distance", "parser_layer": 0},
-    {"enabled": True, "parser_layer": 2, "within_document": False},
+    {},  # the shipped default: biaffine, target next, bias form
+    {"target": "self"},
+    {"attention": "mix"},
+    {"parser": "distance"},
+    {"parser_layer": 2, "structured_encoding": False},
 ]
 
 
 @pytest.mark.parametrize("depenc", VARIANTS)
 def test_causality_logits_and_encoder(depenc):
-    m = make_trained_like(depenc or {})
+    m = make_trained_like(depenc)
     idx = tokens()
     t = 12
     changed = idx.clone()
@@ -62,7 +64,7 @@ def test_causality_logits_and_encoder(depenc):
     b = m(changed, return_analysis=True)
     torch.testing.assert_close(a["logits"][:, : t + 1], b["logits"][:, : t + 1])
     assert not torch.allclose(a["logits"][:, t + 1 :], b["logits"][:, t + 1 :])
-    if depenc:
+    if depenc is not None:
         for key in ("P", "M"):
             torch.testing.assert_close(a["dep"][key][:, : t + 1], b["dep"][key][:, : t + 1])
         torch.testing.assert_close(a["dep"]["g"][:, : t + 1], b["dep"]["g"][:, : t + 1])
@@ -70,7 +72,7 @@ def test_causality_logits_and_encoder(depenc):
 
 @pytest.mark.parametrize("target", ["self", "next"])
 def test_parser_support(target):
-    m = make_trained_like({"enabled": True, "target": target})
+    m = make_trained_like({"target": target})
     idx = tokens()
     dep = m(idx, return_analysis=True)["dep"]
     P, g = dep["P"], dep["g"]
@@ -91,59 +93,70 @@ def test_parser_support(target):
     torch.testing.assert_close(dep["M"], g.unsqueeze(-1) * P)
 
 
-def test_exclude_tokens_never_heads():
-    idx = tokens()
-    banned = int(idx[0, 5])
-    m = make({"enabled": True, "exclude_ids": [banned]})
-    P = m(idx, return_analysis=True)["dep"]["P"]
-    assert (P[idx.unsqueeze(1).expand(-1, T, -1) == banned] == 0).all()
-
-
 def test_depenc_switched_off_equals_baseline():
     base = make()
-    dep = make({"enabled": True, "structured_encoding": False, "dep_attention": False})
+    dep = make({"structured_encoding": False, "dep_attention": False})
     missing, unexpected = dep.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(k.startswith("encoder.") for k in missing)
     idx = tokens()
     torch.testing.assert_close(dep(idx)["logits"], base(idx)["logits"], rtol=0, atol=0)
 
 
-def test_zero_gate_and_zero_lambda_ablations_remove_the_encoder_effect():
+@pytest.mark.parametrize("attention", ["bias", "mix"])
+def test_zero_gate_and_zero_lambda_ablations_remove_the_encoder_effect(attention):
     base = make()
-    on = make_trained_like({"enabled": True})
+    on = make_trained_like({"attention": attention})
     on.load_state_dict(base.state_dict(), strict=False)
     idx = tokens()
-    assert not torch.allclose(on(idx)["logits"], base(idx)["logits"])
-    on.encoder.cfg.zero_gate = True  # M = 0: the structured term vanishes
-    on.encoder.cfg.zero_lambda = True  # and dependency-weighted attention is skipped
+    full = on(idx)["logits"]
+    assert not torch.allclose(full, base(idx)["logits"])
+    on.ablate("zero_lambda")  # dependency-weighted attention skipped: only the structured term is left
+    no_lambda = on(idx)["logits"]
+    assert not torch.allclose(no_lambda, full) and not torch.allclose(no_lambda, base(idx)["logits"])
+    on.ablate("zero_gate")  # and M = 0: the structured term vanishes too
     torch.testing.assert_close(on(idx)["logits"], base(idx)["logits"])
+    with pytest.raises(ValueError, match="unknown ablation"):
+        on.ablate("zero_everything")
+    with pytest.raises(ValueError, match="needs a DepEnc model"):
+        base.ablate("zero_gate")
 
 
-def test_gradients_reach_the_encoder_from_lm_loss():
-    m = make({"enabled": True}).train()
+@pytest.mark.parametrize("attention,weight", [("bias", "dep_beta"), ("mix", "dep_gamma")])
+def test_gradients_reach_the_encoder_from_lm_loss(attention, weight):
+    # at init W_s = 0 (and beta = 0): only W_s and the attention's dependency weight get a gradient
+    m = make({"attention": attention}).train()
     idx = tokens()
     m(idx, idx)["loss"].backward()
+    assert m.encoder.w_struct.weight.grad.abs().sum() > 0
+    assert all(getattr(b.attn, weight).grad.abs().sum() > 0 for b in m.blocks[1:])
+    assert not hasattr(m.blocks[0].attn, weight)  # below the encoder: plain attention
+    # once they moved, the gate and the parser learn from the LM loss through both paths
+    m = make_trained_like({"attention": attention}).train()
+    m(idx, idx)["loss"].backward()
     enc = dict(m.encoder.named_parameters())
-    # W_s starts at zero, so its gradient is nonzero while the parser's only flows once W_s moves
-    assert enc["w_struct.weight"].grad.abs().sum() > 0
-    assert enc["w_gate.weight"].grad.abs().sum() > 0 or enc["w_gate.bias"].grad.abs().sum() > 0
-    assert enc["w_head.weight"].grad.abs().sum() > 0, "parser gets gradient through dependency attention"
-    assert all(b.attn.dep_gamma.grad.abs().sum() > 0 for b in m.blocks[1:])
-    assert not hasattr(m.blocks[0].attn, "dep_gamma")  # below the encoder: plain attention
+    for name in ("w_gate.weight", "parser.w_head.weight", "parser.w_dep.weight", "distance_bias"):
+        assert enc[name].grad.abs().sum() > 0, name
 
 
-def test_attention_function_paths_agree():
+def test_every_attention_path_equals_the_explicit_formula():
+    """SDPA (is_causal), SDPA with a bias, the lean CPU function and analysis mode (weights) agree."""
+    from depenc.kernels import lean_biased, sdpa_biased
+
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
-    fused, none = attention(q, k, v)
-    manual, w = attention(q, k, v, need_weights=True)
-    assert none is None and w.shape == (2, 3, 7, 7)
-    torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
-    assert torch.allclose(w.sum(-1), torch.ones(2, 3, 7)) and (w.triu(1) == 0).all()
-    bias = torch.full((7, 7), float("-inf")).triu(1) + torch.randn(7, 7).tril()
-    b1, _ = attention(q, k, v, bias=bias)
-    b2, _ = attention(q, k, v, bias=bias, need_weights=True)
-    torch.testing.assert_close(b1, b2, atol=1e-5, rtol=1e-5)
+    causal = torch.full((7, 7), float("-inf")).triu(1)
+    ref, w = explicit_attention(q, k, v, causal)
+    assert w.shape == (2, 3, 7, 7) and torch.allclose(w.sum(-1), torch.ones(2, 3, 7)) and (w.triu(1) == 0).all()
+    torch.testing.assert_close(torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True), ref)
+    beta, log_M = torch.randn(3), torch.log(torch.rand(2, 1, 7, 7) + 1e-2)
+    ref_dep, _ = explicit_attention(q, k, v, causal + beta.view(1, 3, 1, 1) * log_M)
+    for fn in (sdpa_biased, lean_biased):
+        torch.testing.assert_close(fn(q, k, v, causal, beta, log_M), ref_dep)
+    m = make_trained_like({})
+    idx = tokens()
+    out = m(idx, need_weights=True)
+    torch.testing.assert_close(out["logits"], m(idx)["logits"], atol=1e-5, rtol=1e-5)
+    assert len(out["attn"]) == 3 and out["attn"][2].shape == (2, 2, T, T)
 
 
 def test_generation_seeded_and_stops_at_eos():
@@ -181,7 +194,7 @@ def test_alibi_baseline_is_causal_and_positionless():
 
 
 def test_matched_mlp_width_within_one_percent():
-    dep = ModelConfig(vocab_size=200, block_size=64, n_layer=4, n_head=4, n_embd=64, depenc=DepEncConfig(enabled=True))
+    dep = ModelConfig(kind="depenc", vocab_size=200, block_size=64, n_layer=4, n_head=4, n_embd=64)
     target = Transformer(dep).num_params()
     base = ModelConfig(vocab_size=200, block_size=64, n_layer=4, n_head=4, n_embd=64)
     base.mlp_hidden = matched_mlp_hidden(base, target)
@@ -232,7 +245,7 @@ def test_gold_arcs_left_relatives_by_target():
 def test_oracle_parser_uses_gold_matrix():
     from depenc.data.gold import sentence_gold_matrix
 
-    m = make({"enabled": True, "parser": "oracle"})
+    m = make({"parser": "oracle"})
     heads = [2, 3, 0, 3]
     idx = torch.tensor([[0, 5, 6, 7, 8]])
     gold = sentence_gold_matrix(heads, "next").unsqueeze(0)
@@ -244,15 +257,15 @@ def test_oracle_parser_uses_gold_matrix():
 
 def test_dependency_bias_attention_matches_autograd_reference():
     """The hand-written CPU attention for the bias form: outputs and all gradients equal plain autograd."""
-    from depenc.models.transformer import causal_mask_bias, dep_bias_attention
+    from depenc.kernels import _LeanDepBias
 
     torch.manual_seed(0)
     B, H, T, D = 2, 3, 9, 4
     q, k, v = (torch.randn(B, H, T, D, dtype=torch.float64, requires_grad=True) for _ in range(3))
     beta = torch.randn(H, dtype=torch.float64, requires_grad=True)
     log_M = torch.log(torch.rand(B, 1, T, T, dtype=torch.float64) + 1e-2).requires_grad_()
-    base = causal_mask_bias(T, "cpu", torch.float64)
-    out = dep_bias_attention(q, k, v, beta, log_M, base)
+    base = torch.full((T, T), float("-inf"), dtype=torch.float64).triu(1)
+    out = _LeanDepBias.apply(q, k, v, beta, log_M, base)  # in float64, so the gradients compare tightly
     scores = q @ k.transpose(-2, -1) / D**0.5 + base + beta.view(1, H, 1, 1) * log_M
     ref = scores.softmax(-1) @ v
     torch.testing.assert_close(out, ref)

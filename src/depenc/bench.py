@@ -49,22 +49,19 @@ TARGETS_TEXT = [
 
 # ---- models ---------------------------------------------------------------------------------
 def default_depenc_config(overrides: list[str] | None = None) -> dict:
-    """``model.depenc`` of experiments/base.yaml (what ``model.kind=depenc`` trains), switched on."""
+    """``model.depenc`` of experiments/base.yaml (what ``model.kind=depenc`` trains), with ``--depenc-set``."""
     from omegaconf import OmegaConf
 
-    from depenc.models.depenc import DepEncConfig
+    from depenc.schema import DepEncConfig
 
     base = REPO_ROOT / "experiments" / "base.yaml"
     dep = dict(OmegaConf.to_container(OmegaConf.load(base).model.depenc, resolve=True)) if base.is_file() else {}
-    dep.pop("embedding_init", None)
-    dep.pop("exclude_tokens", None)
     for item in overrides or []:
         key, _, value = item.partition("=")
         if key not in DepEncConfig.__dataclass_fields__:
             raise SystemExit(f"--depenc-set: unknown key {key!r}")
         dep[key] = yaml.safe_load(value)
-    dep["enabled"] = True
-    DepEncConfig.from_dict(dep)  # validates the keys' types early
+    DepEncConfig(**dep)  # unknown keys fail early
     return dep
 
 
@@ -77,12 +74,11 @@ def build_model(name: str, args) -> torch.nn.Module:
                          n_head=args.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
                          bos_token_id=0, eos_token_id=0, use_cache=False)
         return GPT2LMHeadModel._from_config(cfg, attn_implementation="sdpa")
-    from depenc.models.depenc import DepEncConfig
-    from depenc.models.transformer import ModelConfig, Transformer
+    from depenc.schema import DepEncConfig, ModelConfig
+    from depenc.models.transformer import Transformer
 
-    dep = default_depenc_config(args.depenc_set) if name == "depenc" else {"enabled": False}
-    cfg = ModelConfig(vocab_size=args.vocab, block_size=max_len, n_layer=args.n_layer, n_head=args.n_head,
-                      n_embd=args.n_embd, dropout=0.0, eos_id=0, depenc=DepEncConfig.from_dict(dep))
+    cfg = ModelConfig(kind=name, vocab_size=args.vocab, block_size=max_len, n_layer=args.n_layer, n_head=args.n_head,
+                      n_embd=args.n_embd, dropout=0.0, eos_id=0, depenc=DepEncConfig(**default_depenc_config(args.depenc_set)))
     return Transformer(cfg)
 
 

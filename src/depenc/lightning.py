@@ -11,8 +11,37 @@ import torch
 import torch.nn as nn
 from torchmetrics import SumMetric
 
-from depenc.models.depenc import encoder_diagnostics
 from depenc.models.transformer import ModelConfig, Transformer
+
+# options of the first structure study, removed after the tag study-v1, with the value that the kept code computes
+STUDY_V1_OPTIONS = {"recency_prior": True, "freeze_parser": False, "within_document": True, "exclude_ids": [],
+                    "second_order": False, "hops": 1, "zero_gate": False, "zero_lambda": False}
+
+
+def upgrade_model_config(model: dict, kind: str) -> dict:
+    """A ModelConfig dict of a checkpoint written before the study-v1 cleanup, in today's form (one that
+    used a removed option raises: evaluate it with the code of `git checkout study-v1`)."""
+    dep = dict(model.get("depenc") or {})
+    if "enabled" not in dep:
+        return model
+    dep.pop("enabled")
+    removed = {k: dep.pop(k) for k in list(dep) if k in STUDY_V1_OPTIONS}
+    used = [f"{k}={v}" for k, v in removed.items() if v != STUDY_V1_OPTIONS[k]]
+    used += [f"parser={dep['parser']}"] * (dep.get("parser") == "frontier") + ["parser_layer=0"] * (dep.get("parser_layer") == 0)
+    if kind == "depenc" and used:
+        raise ValueError(f"this checkpoint uses model.depenc {', '.join(used)}, removed after the tag study-v1; "
+                         "evaluate it with that version (git checkout study-v1)")
+    new = {k: v for k, v in model.items() if k != "flex_attention"}
+    return {**new, "kind": kind, "attention_impl": "flex" if model.get("flex_attention") else "auto",
+            "depenc": {**dep, "embedding_init": "none"}}
+
+
+def upgrade_state_dict(state: dict) -> None:
+    """Parameter names and shapes of a checkpoint written before the study-v1 cleanup, in place."""
+    for key in list(state):
+        new = key.replace("encoder.w_head", "encoder.parser.w_head").replace("encoder.w_dep", "encoder.parser.w_dep")
+        value = state.pop(key)
+        state[new] = value.flatten() if key.endswith("dep_gamma") else value
 
 
 def _metric_key(name: str) -> str:
@@ -25,6 +54,23 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def encoder_diagnostics(arcs: dict, target: str) -> dict[str, float]:
+    """Scalars that tell whether the structure is used: parser entropy, gate, mass on the previous word."""
+    P, g, has = arcs["P"].float(), arcs["g"].float(), arcs["has_cand"]
+    if not bool(has.any()):
+        return {}
+    ent = -(P * P.clamp(min=1e-12).log()).sum(-1)  # (B, T)
+    # the word immediately before the attaching token: j = i - 1 (self) or j = i (next)
+    off = 0 if target == "next" else -1
+    prev = torch.diagonal(P, offset=off, dim1=1, dim2=2)  # (B, T) or (B, T-1)
+    prev_has = has if target == "next" else has[:, 1:]
+    return {
+        "parser_entropy": ent[has].mean().item(),
+        "gate_mean": g[has].mean().item(),
+        "prev_word_mass": prev[prev_has].mean().item(),
+    }
 
 
 class LMBase(L.LightningModule):
@@ -51,7 +97,7 @@ class LMBase(L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.model = Transformer(ModelConfig.from_dict(model))
+        self.model = Transformer(ModelConfig.from_dict(upgrade_model_config(model, kind)))
         names = {f"{stage}/{n}" for stage, sets in (("val", eval_sets), ("test", test_sets)) for n in sets}
         self.nll_sums = nn.ModuleDict({_metric_key(n): SumMetric() for n in names})
         self.token_counts = nn.ModuleDict({_metric_key(n): SumMetric() for n in names})
@@ -148,6 +194,9 @@ class LMBase(L.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(s, warmup, total, min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        upgrade_state_dict(checkpoint["state_dict"])
+
     def on_before_optimizer_step(self, optimizer):
         if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             self.log("train/lr", optimizer.param_groups[0]["lr"], rank_zero_only=True)
@@ -173,11 +222,11 @@ class DepEncLM(LMBase):
     def encoder_stats(self, out: dict) -> dict[str, float]:
         dep = out.get("dep")
         stats = encoder_diagnostics(dep, self.model.cfg.depenc.target) if dep else {}
-        attn = [b.attn for b in self.model.blocks if b.attn.dep_mode is not None]
-        if attn and attn[0].dep_mode == "mix":
-            stats["lambda_mean"] = torch.stack([1 - a.mix_weights()[:, 0] for a in attn]).mean().item()
-        elif attn:
-            stats["beta_mean"] = torch.stack([a.dep_beta for a in attn]).mean().item()
+        attn = [b.attn for b in self.model.blocks]
+        if mix := [a.mix_weights()[:, 1] for a in attn if hasattr(a, "dep_gamma")]:
+            stats["lambda_mean"] = torch.stack(mix).mean().item()
+        if beta := [a.dep_beta for a in attn if hasattr(a, "dep_beta")]:
+            stats["beta_mean"] = torch.stack(beta).mean().item()
         return stats
 
 

@@ -22,43 +22,32 @@ import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
-from depenc.config import ConfigError, _check_against, load_config, parse_overrides, validate
+from depenc.config import ConfigError, load_config, load_yaml, merge_checked, parse_overrides, validate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 # ---- model config from the experiment config ------------------------------------------------
 def build_model_config(cfg: DictConfig, tokenizer) -> dict:
-    """ModelConfig dict: shape from cfg.model, vocabulary from the tokenizer, DepEnc on for kind=depenc,
-    MLP widened for kind=baseline_matched so its parameter count matches DepEnc's."""
-    from depenc.models.transformer import ModelConfig, Transformer, matched_mlp_hidden
+    """ModelConfig dict: cfg.model, with the vocabulary and block size of the data; for
+    kind=baseline_matched the MLP widened so its parameter count matches DepEnc's."""
+    from depenc.models.transformer import ModelConfig, Transformer
 
-    m = cfg.model
-    dep = OmegaConf.to_container(m.depenc, resolve=True)
-    dep.pop("embedding_init")  # applied to the weights after construction (depenc.models.init)
-    excluded = dep.pop("exclude_tokens", [])
-    unknown = [t for t in excluded if tokenizer.token_to_id(t) is None]
-    if unknown:
-        raise ConfigError(f"model.depenc.exclude_tokens: {unknown} are not in the vocabulary")
-    dep["exclude_ids"] = [tokenizer.token_to_id(t) for t in excluded]
-    model = {
-        "vocab_size": tokenizer.vocab_size,
-        "block_size": cfg.data.block_size,
-        "n_layer": m.n_layer,
-        "n_head": m.n_head,
-        "n_embd": m.n_embd,
-        "mlp_hidden": m.mlp_hidden,
-        "dropout": m.dropout,
-        "bias": m.bias,
-        "pos": m.pos,
-        "flex_attention": m.flex_attention,
-        "eos_id": tokenizer.eos_id,
-        "depenc": {**dep, "enabled": m.kind == "depenc"},
-    }
-    if m.kind == "baseline_matched":
-        target = Transformer(ModelConfig.from_dict({**model, "depenc": {**dep, "enabled": True}})).num_params()
+    model = {**OmegaConf.to_container(cfg.model, resolve=True), "vocab_size": tokenizer.vocab_size,
+             "block_size": cfg.data.block_size, "eos_id": tokenizer.eos_id}
+    if model["kind"] == "baseline_matched":
+        target = Transformer(ModelConfig.from_dict({**model, "kind": "depenc"})).num_params()
         model["mlp_hidden"] = matched_mlp_hidden(ModelConfig.from_dict(model), target)
     return model
+
+
+def matched_mlp_hidden(cfg, target_params: int) -> int:
+    """MLP width that brings the baseline with ``cfg``'s shape closest to ``target_params``."""
+    from depenc.models.transformer import ModelConfig, Transformer
+
+    base = ModelConfig.from_dict({**cfg.to_dict(), "kind": "baseline"})
+    per_unit = cfg.n_layer * (2 * cfg.n_embd + (1 if cfg.bias else 0))  # c_fc row + bias + c_proj column
+    return base.mlp_width + round((target_params - Transformer(base).num_params()) / per_unit)
 
 
 # ---- run folder -----------------------------------------------------------------------------
@@ -243,13 +232,11 @@ def resolve_config(args, overrides) -> tuple[DictConfig, Path | None]:
             raise ConfigError(f"--resume {run_dir}: no config.yaml there; give a run folder (runs/<exp>/<run_id>)")
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise ConfigError(f"--resume {run_dir}: no checkpoints/last.ckpt to continue from")
-        cfg = OmegaConf.load(run_dir / "config.yaml")
         extra = [o for o in overrides if "=" in o]
         if args.exp and "=" in args.exp:
             extra.insert(0, args.exp)
-        cli = parse_overrides(extra)
-        _check_against(OmegaConf.load(REPO_ROOT / "experiments" / "base.yaml"), cli, "command line")
-        cfg = OmegaConf.merge(cfg, cli)
+        source = f"{run_dir}/config.yaml"
+        cfg = merge_checked([(load_yaml(run_dir / "config.yaml", source), source), (parse_overrides(extra), "command line")])
         validate(cfg)
         return cfg, run_dir
     return load_config(args.exp, overrides), None
@@ -282,7 +269,7 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
     try:
         dm.setup("fit")
         model_dict = build_model_config(cfg, dm.tokenizer)
-        if model_dict["depenc"]["enabled"] and model_dict["depenc"]["parser"] == "oracle":
+        if model_dict["kind"] == "depenc" and model_dict["depenc"]["parser"] == "oracle":
             dm.enable_gold_arcs(model_dict["depenc"]["target"])  # analysis mode: batches carry gold_M
     except (DataUnavailableError, ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -325,7 +312,7 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
     if cfg.model.depenc.embedding_init == "ppmi_svd" and resume_dir is None:
-        from depenc.models.init import ppmi_svd_embeddings
+        from depenc.data.ppmi import ppmi_svd_embeddings
 
         with torch.no_grad():
             lm.model.wte.weight.copy_(ppmi_svd_embeddings(dm.stream("train"), dm.tokenizer.vocab_size, cfg.model.n_embd))

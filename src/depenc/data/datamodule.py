@@ -22,7 +22,6 @@ source (synthetic).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -50,38 +49,18 @@ IGNORE_INDEX = -100
 # Keys that do not change the tokenised streams and so stay out of the cache key.
 _NOT_HASHED = ("batch_size", "num_workers", "block_size", "cache_dir")
 
-DEFAULTS: dict[str, Any] = {
-    "source": "synthetic",
-    "tokenizer": "word",
-    "vocab_size": 8000,
-    "min_freq": 1,
-    "lowercase": False,
-    "block_size": 128,
-    "batch_size": 32,
-    "num_workers": 0,
-    "cache_dir": ".cache/depenc",
-    "max_train_docs": 0,
-    "text": {"train": None, "validation": None, "test": None, "by": "line"},
-    "hf": {"name": None, "config": None, "text_field": "text"},
-    "brown": {"nltk_data": None, "split": [0.8, 0.1, 0.1], "split_seed": 0},
-    "synthetic": {},
-    "eval_sets": {},
-}
-
-
-def _merge(base: dict, over: Mapping) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict) and k not in ("synthetic", "eval_sets"):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def normalise_data_cfg(data_cfg: Any) -> dict:
-    """Plain dict with every key present (defaults filled in); source and tokenizer validated."""
-    cfg = _merge(DEFAULTS, to_plain(data_cfg) or {})
+    """Plain dict with every key present: ``data_cfg`` (possibly partial) merged into the schema's
+    defaults (:class:`depenc.schema.DataConfig`), so its types and choices are checked."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from depenc.schema import DataConfig
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(DataConfig), to_plain(data_cfg) or {}))
+    except OmegaConfBaseException as exc:
+        raise ValueError(f"data config: {str(exc).splitlines()[0]}") from None
     if cfg["source"] not in sources.SOURCES:
         raise ValueError(
             f"unknown data source {cfg['source']!r}: data.source must be one of {', '.join(sources.SOURCES)}"

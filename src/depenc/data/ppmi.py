@@ -1,4 +1,4 @@
-"""Structured parameter initialisation (DESIGN 3.2, ``depenc.embedding_init: ppmi_svd``)."""
+"""Structured embedding initialisation from the training stream (DESIGN 3.2, ``model.depenc.embedding_init: ppmi_svd``)."""
 
 from __future__ import annotations
 
