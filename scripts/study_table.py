@@ -2,17 +2,24 @@
 
     python scripts/study_table.py [runs/study] [--brown]
 
-One row per variant: mean ± std over seeds (n) of the final metrics that decide the study. The
-synthetic table skips the ``brown_*`` variants; ``--brown`` tables only those (WSJ / EWT alignment,
-Brown / WikiText-2 / PTB perplexity and bits per byte).
+One row per variant (a folder under the root): mean ± std over its finished runs (n) of the final
+metrics that decide the study. The synthetic table skips the ``brown_*`` variants; ``--brown``
+tables only those (WSJ / EWT alignment, Brown / WikiText-2 / PTB perplexity and bits per byte).
+Runs are read and aggregated by ``depenc.compare`` (the same code as ``make compare``).
 """
 
 from __future__ import annotations
 
-import json
-import statistics
+import argparse
 import sys
 from pathlib import Path
+
+import pandas as pd
+
+from depenc.compare.runs import Run, find_runs, load_run
+from depenc.compare.stats import aggregate
+from depenc.compare.tables import fmt_stat
+
 
 def over_20(prefix: str) -> tuple[str, str]:
     """The two length buckets of sentences over 20 words (averaged by :func:`value`)."""
@@ -54,43 +61,62 @@ REFERENCES = {  # (label, summary key prefix) of the chain lines printed under e
 }
 
 
-def value(summary: dict, key) -> float | None:
+def value(run: Run, key: str | tuple[str, ...]) -> float | None:
+    """A final metric of a run; for a tuple of keys, the mean of those the run has."""
     if isinstance(key, tuple):  # mean of buckets (sentences over 20 words)
-        vals = [summary.get(k) for k in key if summary.get(k) is not None]
+        vals = [v for k in key if (v := run.final(k)) is not None]
         return sum(vals) / len(vals) if vals else None
-    v = summary.get(key)
-    return float(v) if isinstance(v, (int, float)) else None
+    return run.final(key)
 
 
-def cell(values: list[float], digits: int) -> str:
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f} (n=1)"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} (n={len(values)})"
+def study_runs(root: Path, brown: bool) -> dict[str, list[Run]]:
+    """``{variant: finished runs}`` of the variant folders under ``root`` (by name), Brown ones or not."""
+    variants = {d.name: find_runs(root, d.name) for d in sorted(root.iterdir())
+                if d.is_dir() and d.name.startswith("brown_") == brown}
+    return {v: [load_run(p) for p in dirs] for v, dirs in variants.items() if dirs}
 
 
-def main(root: str = "runs/study", brown: bool = False) -> None:
-    columns = BROWN_COLUMNS if brown else COLUMNS
-    rows: dict[str, list[dict]] = {}
-    for summary_file in sorted(Path(root).glob("*/*/summary.json")):
-        variant = summary_file.parts[-3]
-        if variant.startswith("brown_") == brown:
-            rows.setdefault(variant, []).append(json.loads(summary_file.read_text()))
-    print("| variant | " + " | ".join(c[0] for c in columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for variant, summaries in rows.items():
-        cells = [cell([v for s in summaries if (v := value(s, key)) is not None], d) for _, key, d in columns]
-        print(f"| {variant} | " + " | ".join(cells) + " |")
-    print()
+def table(variants: dict[str, list[Run]], columns: list) -> list[str]:
+    """The Markdown lines of the study table: one row per variant, one cell per column."""
+    values = pd.DataFrame([(variant, i, label, v) for variant, runs in variants.items() for i, run in enumerate(runs)
+                           for label, key, _ in columns if (v := value(run, key)) is not None],
+                          columns=["group", "run", "metric", "value"])
+    summary = aggregate(values).to_dict("index")
+    lines = ["| variant | " + " | ".join(c[0] for c in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for variant in variants:
+        cells = [fmt_stat(summary.get((label, variant)), lambda x, d=digits: f"{x:.{d}f}") for label, _, digits in columns]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def chain_lines(variants: dict[str, list[Run]], brown: bool) -> list[str]:
+    """The adjacent-word chain's scores (the same in every run over the same sentences), from the first run that has them."""
+    lines = []
     for label, prefix in REFERENCES["brown" if brown else "synthetic"]:
-        first = next((s for ss in rows.values() for s in ss if value(s, f"{prefix}/uuas") is not None), None)
+        first = next((r for runs in variants.values() for r in runs if value(r, f"{prefix}/uuas") is not None), None)
         if first is not None:
-            over20 = value(first, over_20(prefix))
-            print(f"Adjacent-word chain on the {label}: UUAS {value(first, f'{prefix}/uuas'):.3f}, "
-                  f"over 20 words {over20:.3f}, left-arc {value(first, f'{prefix}/left_arc'):.3f}.")
+            lines.append(f"Adjacent-word chain on the {label}: UUAS {value(first, f'{prefix}/uuas'):.3f}, "
+                         f"over 20 words {value(first, over_20(prefix)):.3f}, "
+                         f"left-arc {value(first, f'{prefix}/left_arc'):.3f}.")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", nargs="?", default="runs/study", help="the study's run folders (default: runs/study)")
+    p.add_argument("--brown", action="store_true", help="table the brown_* variants only")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"error: no folder {root} (the study's runs: runs/study/<variant>/<run_id>)", file=sys.stderr)
+        return 2
+    variants = study_runs(root, args.brown)
+    print("\n".join(table(variants, BROWN_COLUMNS if args.brown else COLUMNS)))
+    print()
+    for line in chain_lines(variants, args.brown):
+        print(line)
+    return 0
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    main(*[a for a in args if a != "--brown"], brown="--brown" in args)
+    sys.exit(main())

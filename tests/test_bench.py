@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 
 
+@pytest.mark.slow  # a subprocess per model and length (~20 s); `make test-all`
 def test_bench_quick_writes_json_and_report(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "bench"

@@ -7,14 +7,17 @@ import csv
 import json
 import math
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from conftest import tiny_overrides
-from depenc.callbacks.agreement import (
+from conftest import REPO, tiny_overrides
+from depenc.callbacks.efficiency import EfficiencyMonitor
+from depenc.data import synthetic as S
+from depenc.data.tokenizers import CharTokenizer, WordTokenizer
+from depenc.evaluation.agreement import (
     _score_slow,
     agreement_metrics,
     attr_label,
@@ -24,22 +27,20 @@ from depenc.callbacks.agreement import (
     load_pairs,
     score_pairs,
 )
-from depenc.callbacks.alignment import (
+from depenc.evaluation.alignment import (
     encode_treebank,
     evaluate_alignment,
     flat_metrics,
     select_best_head,
     synthetic_gold,
 )
-from depenc.callbacks.efficiency import EfficiencyCallback
-from depenc.callbacks.generation import generate_samples, judge_synthetic, sample_metrics, write_samples
-from depenc.data import synthetic as S
-from depenc.data.tokenizers import CharTokenizer, WordTokenizer
+from depenc.evaluation.generation import generate_samples, judge_synthetic, sample_metrics, write_samples
 from depenc.metrics.alignment import chain_edges, gold_edges
-from depenc.models.depenc import DepEncConfig
-from depenc.models.transformer import ModelConfig, Transformer
+from depenc.models.transformer import Transformer
+from depenc.schema import DepEncConfig, ModelConfig
 
 SCFG = S.SyntheticConfig(n_train=300, n_validation=60, n_test=80, n_test_long=20)
+BASE = OmegaConf.load(REPO / "experiments" / "base.yaml")  # every callback setting with its default
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -58,9 +59,10 @@ def tok() -> WordTokenizer:
 
 
 def make_model(vocab: int, depenc: dict | None = None, block: int = 64, seed: int = 0) -> Transformer:
+    """A baseline (``depenc=None``) or DepEnc model with the given ``model.depenc`` options."""
     torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=vocab, block_size=block, n_layer=2, n_head=2, n_embd=32,
-                      depenc=DepEncConfig(**(depenc or {})))
+    cfg = ModelConfig(kind="baseline" if depenc is None else "depenc", vocab_size=vocab, block_size=block,
+                      n_layer=2, n_head=2, n_embd=32, depenc=DepEncConfig(**(depenc or {})))
     return Transformer(cfg).eval()
 
 
@@ -73,7 +75,7 @@ def treebank(tok, split="test", n=40, block=64, name=None):
 
 
 def test_alignment_keys_references_and_selection(tok):
-    model = make_model(tok.vocab_size, {"enabled": True})
+    model = make_model(tok.vocab_size, {})
     report, other = treebank(tok, "test", 40), treebank(tok, "test_long", 20)
     sel = treebank(tok, "validation", 30, name="sel")
     res = evaluate_alignment(model, [report, other], sel, batch_size=8, n_examples=5)
@@ -123,7 +125,7 @@ def _gold_token_matrix(e, target: str) -> np.ndarray:
 
 @pytest.mark.parametrize("target", ["self", "next"])
 def test_oracle_parser_scores_perfectly(tok, target, monkeypatch):
-    model = make_model(tok.vocab_size, {"enabled": True, "target": target})
+    model = make_model(tok.vocab_size, {"target": target})
     tb = treebank(tok, "test", 40)
     gold = {tuple(e.ids): _gold_token_matrix(e, target) for e in tb.encoded}
     original = model.forward
@@ -152,14 +154,14 @@ def test_oracle_models_read_gold_arcs(tok, target):
     """depenc.parser=oracle: alignment and agreement feed the gold arcs; generation is skipped."""
     from depenc.callbacks.generation import GenerationCallback
 
-    model = make_model(tok.vocab_size, {"enabled": True, "parser": "oracle", "target": target}, block=128)
+    model = make_model(tok.vocab_size, {"parser": "oracle", "target": target}, block=128)
     tb = treebank(tok, "test", 30, block=128)
     res = evaluate_alignment(model, [tb], treebank(tok, "validation", 10, block=128, name="sel"))
     parser = res["treebanks"][tb.name]["sources"]["parser"]
     assert parser["uuas"] == 1.0 and parser["left_arc"] == 1.0
     m, _ = evaluate_pairs(model, tok, load_pairs(SCFG, "test", 20), n_boot=50)
     assert m["n"] == 20 and math.isfinite(m["margin"])
-    assert GenerationCallback(tok).check_model(model) is not None
+    assert GenerationCallback(BASE.callbacks.generation, tok).check_model(model) is not None
 
 
 def test_alignment_skips_and_counts_long_sentences(tok):
@@ -177,7 +179,7 @@ def test_alignment_with_a_subword_tokenizer(tok):
     tb = encode_treebank("chars", gold, ctok, block_size=256)
     e = tb.encoded[0]
     assert len(e.ids) - 1 == len(" ".join(e.sentence.words)) and max(e.word_of_token) == len(e.sentence.words) - 1
-    res = evaluate_alignment(make_model(ctok.vocab_size, {"enabled": True}, block=256), [tb], None, batch_size=4)
+    res = evaluate_alignment(make_model(ctok.vocab_size, {}, block=256), [tb], None, batch_size=4)
     src = res["treebanks"]["chars"]["sources"]
     assert {"parser", "attn_mean", "chain"} <= set(src) and 0 <= src["parser"]["uuas"] <= 1
 
@@ -240,7 +242,7 @@ def test_agreement_of_a_rigged_model(tok, correct, monkeypatch):
 
 def test_agreement_fast_and_general_paths_agree(tok):
     pairs = load_pairs(SCFG, "test_long", 30)
-    model = make_model(tok.vocab_size, {"enabled": True}, block=128)
+    model = make_model(tok.vocab_size, {}, block=128)
     fast, ok = score_pairs(model, tok, pairs, batch_size=8)
     slow = _score_slow(model, tok, pairs, 8, 128, "cpu", tok.eos_id)
     assert ok.all() and np.allclose(fast, slow, atol=1e-4)
@@ -254,7 +256,7 @@ def test_agreement_fast_and_general_paths_agree(tok):
 
 
 def test_generation_writes_jsonl_and_judges_grammaticality(tok, tmp_path):
-    model = make_model(tok.vocab_size, {"enabled": True})
+    model = make_model(tok.vocab_size, {})
     samples = generate_samples(model, tok, 6, seed=3, batch_size=4, max_new_tokens=12)
     again = generate_samples(model, tok, 6, seed=3, batch_size=4, max_new_tokens=12)
     assert [s["text"] for s in samples] == [s["text"] for s in again]  # seeded
@@ -290,35 +292,136 @@ def test_generation_matches_model_generate_row_by_row(tok):
 # efficiency
 
 
-class _Logger:
-    def __init__(self):
-        self.rows = []
+class _Pauses:
+    """A tiny LightningModule and callbacks that sleep known times: 20 ms per training batch, 0.1 s per
+    validation batch, 0.8 s in on_validation_end (where the evaluation callbacks run)."""
 
-    def log_metrics(self, metrics, step=None):
-        self.rows.append((step, dict(metrics)))
+    @staticmethod
+    def module():
+        import lightning as L
+
+        class Sleepy(L.LightningModule):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.zeros(1))
+
+            def training_step(self, batch, batch_idx):
+                time.sleep(0.02)
+                return self.w.sum() * 0.0
+
+            def validation_step(self, batch, batch_idx):
+                time.sleep(0.1)
+
+            def configure_optimizers(self):
+                return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        return Sleepy()
+
+    @staticmethod
+    def callback():
+        import lightning as L
+
+        class SlowEvaluation(L.Callback):
+            def on_validation_end(self, trainer, pl_module):
+                time.sleep(0.8)
+
+        return SlowEvaluation()
 
 
-def test_efficiency_reports_throughput_and_memory():
-    cb = EfficiencyCallback(log_every_n_steps=2)
-    logger = _Logger()
-    trainer = SimpleNamespace(global_step=0, log_every_n_steps=50, world_size=1, is_global_zero=True, loggers=[logger])
-    module = SimpleNamespace(device=torch.device("cpu"))
-    batch = {"input_ids": torch.zeros(4, 16, dtype=torch.long)}
-    cb.on_train_start(trainer, module)
-    for step in range(1, 7):
-        time.sleep(0.01)
-        trainer.global_step = step
-        cb.on_train_batch_end(trainer, module, None, batch, step - 1)
-        if step == 3:
-            cb.on_validation_start(trainer, module)
-            time.sleep(0.2)  # a validation pause must not count
-    cb.on_train_end(trainer, module)
-    assert len(logger.rows) >= 3
-    final = logger.rows[-1][1]
-    assert final["perf/tokens_per_s"] > 0 and final["perf/peak_mem_mb"] > 0
-    assert cb.total_steps == 4  # first step and the step after validation are not measured
-    assert 5 < final["perf/step_time_ms"] < 150 and final["perf/tokens_per_s"] == pytest.approx(
-        64 * 4 / final["perf/train_time_s"])
+def _rows_logger():
+    from lightning.pytorch.loggers.logger import Logger
+
+    class Rows(Logger):
+        def __init__(self):
+            super().__init__()
+            self.rows = []
+
+        name = "rows"
+        version = 0
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+        def log_metrics(self, metrics, step=None):
+            self.rows.append((step, dict(metrics)))
+
+    return Rows()
+
+
+def test_efficiency_reports_throughput_and_memory_without_validation_pauses():
+    import lightning as L
+
+    from torch.utils.data import DataLoader
+
+    items = [{"input_ids": torch.zeros(16, dtype=torch.long)}] * 24
+    batches = DataLoader(items, batch_size=4)  # 6 batches of (4, 16) tokens
+    monitor, logger = EfficiencyMonitor(log_every_n_steps=2), _rows_logger()
+    trainer = L.Trainer(max_steps=6, val_check_interval=3, limit_val_batches=1, num_sanity_val_steps=0,
+                        log_every_n_steps=1, logger=logger, callbacks=[monitor, _Pauses.callback()],
+                        accelerator="cpu", devices=1, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(_Pauses.module(), train_dataloaders=batches, val_dataloaders=batches)
+    perf = [(step, m) for step, m in logger.rows if "perf/peak_mem_mb" in m]
+    assert [step for step, _ in perf] == [2, 4, 6, 6]  # every 2 steps, then the whole-run averages
+    final = perf[-1][1]
+    assert final["perf/measured_steps"] == 5 and final["perf/peak_mem_mb"] > 0  # the first batch is not measured
+    # 20 ms per batch plus Lightning's overhead; the 0.9 s around the validation at step 3 would add 180 ms
+    # (the stock ThroughputMonitor leaves out the validation batches but not on_validation_end: +160 ms)
+    assert 20 < final["perf/step_time_ms"] < 120
+    assert final["perf/tokens_per_s"] == pytest.approx(64 * 5 / final["perf/train_time_s"])
+    window = perf[1][1]  # batches 3 and 4: the validation pause lies between them
+    assert 20 < window["perf/step_time_ms"] < 120 and "perf/tokens_per_s" not in perf[0][1]  # step 2: window not full
+
+
+# --------------------------------------------------------------------------------------------
+# helpers of the evaluation layer
+
+
+def test_json_output_turns_nan_into_null(tmp_path):
+    from depenc.evaluation.io import nan_to_none, write_json
+
+    assert nan_to_none({"a": float("nan"), "b": [1.0, float("inf"), (np.float32("nan"), 2)]}) == {
+        "a": None, "b": [1.0, None, [None, 2]]}
+    path = write_json(tmp_path / "x" / "r.json", {"n": np.int64(3), "v": np.array([0.5, np.nan]), "s": {2, 1}})
+    assert json.loads(path.read_text()) == {"n": 3, "v": [0.5, None], "s": [1, 2]}
+    assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temporary file left
+
+
+def test_gold_matrices_for_oracle_inputs():
+    from depenc.data.gold import gold_matrices
+
+    # "dogs bark": word 1 depends on word 2 (root); the input is [BOS] dogs bark
+    M = gold_matrices([[2, 0]], "self", 4)  # (1, 4, 4), padded
+    expected = torch.zeros(4, 4)
+    expected[2, 1] = 1.0  # at "bark" (position 2) the left relative is "dogs" (position 1)
+    assert torch.equal(M[0], expected)
+    # target=next, cut to 2 positions: row 1 ("dogs") says where the next word "bark" attaches: to "dogs"
+    assert torch.equal(gold_matrices([[2, 0]], "next", 2)[0], torch.tensor([[0.0, 0.0], [0.0, 1.0]]))
+
+
+def test_eval_size_and_treebank_specs():
+    from depenc.callbacks import eval_size
+    from depenc.callbacks.alignment import treebank_specs
+
+    assert [eval_size(400, 0, False), eval_size(400, 0, True), eval_size(400, -1, True), eval_size(400, 50, True)] == [
+        400, 0, 400, 50]
+    c = BASE.callbacks.alignment
+    synthetic, text = OmegaConf.create({"source": "synthetic"}), OmegaConf.create({"source": "text"})
+    assert treebank_specs(c, synthetic) == ({"synthetic": "synthetic:test"}, "synthetic:validation")
+    files = OmegaConf.merge(c, {"treebanks": {"wsj": "w.dp", "ewt": "e.conllu"}})
+    assert treebank_specs(files, text) == ({"wsj": "w.dp", "ewt": "e.conllu"}, "wsj")
+    assert treebank_specs(OmegaConf.merge(files, {"selection": "none"}), text)[1] is None
+    assert treebank_specs(c, text) == ({}, None)
+    with pytest.raises(ValueError, match="at least two treebanks"):
+        treebank_specs(OmegaConf.merge(c, {"selection": "cross"}), synthetic)
+
+
+def test_peak_rss_is_at_least_the_current_rss():
+    from depenc.evaluation.memory import peak_memory_mb, peak_rss_mb
+
+    with open("/proc/self/status") as f:
+        rss = next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+    assert peak_rss_mb() >= rss > 0 and peak_memory_mb(torch.device("cpu")) >= rss
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`python -m depenc.compare` over tiny runs (two seeds of DepEnc and of the matched baseline):
 summary.md aggregates over seeds, absent metrics show as —, index.html renders offline in headless
-Chromium with every figure loaded; `python -m depenc.sweep` plans experiments x seeds."""
+Chromium with every figure loaded; the excess-loss table from fake summaries; a run's history read
+from metrics.csv; `python -m depenc.sweep` plans experiments x seeds."""
 
 import csv
 import json
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from depenc import compare
+from depenc.compare.__main__ import main as compare_main
+from depenc.compare.runs import group_runs, load_run, select_runs
 
 CHROMIUM = next((p for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
                  if (p := shutil.which(name))), None)
@@ -24,7 +26,7 @@ DEP = "debug/depenc"
 def report(compare_runs, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("reports")
     runs = [str(p) for kind in ("depenc", "baseline_matched") for p in compare_runs[kind]]
-    assert compare.main(["--runs", *runs, "--out", str(out), "--name", "tiny"]) == 0
+    assert compare_main(["--runs", *runs, "--out", str(out), "--name", "tiny"]) == 0
     return out / "tiny"
 
 
@@ -60,6 +62,8 @@ def test_summary_md_aggregates_seeds_and_marks_absent_metrics(report, compare_ru
     parser = rows["align/synthetic/parser/uuas"]
     assert parser[2] == "—" and re.search(r"± .* \(n=2\)$", parser[3]) and parser[4] == "—"
     assert rows["depenc/gate_mean"][2] == "—"
+    # the excess callback runs in every synthetic run: its table is there, with the share removed
+    assert "## Excess loss over the exact optimum" in md and "share of the baseline's excess removed" in md
     # the runs table lists every run
     runs_part = md.split("## Runs")[1].split("## Final metrics")[0]
     for kind, dirs in compare_runs.items():
@@ -91,19 +95,69 @@ def test_exps_selects_the_latest_run_per_seed(compare_runs, tmp_path, capsys):
     shutil.copytree(compare_runs["depenc"][1], unfinished, ignore=shutil.ignore_patterns("checkpoints"))
     (unfinished / "summary.json").unlink()
 
-    runs = compare.select_runs(exps=["debug"], root=root)
+    runs = select_runs(exps=["debug"], root=root)
     names = sorted(r.path.name for r in runs)
     assert names == sorted(["baseline_matched-s1", "baseline_matched-s2", "depenc-s2", rerun.name])
     err = capsys.readouterr().err
     assert "unfinished" in err and "seed 1 ran more than once" in err
-    assert len(compare.select_runs(exps=["debug"], root=root, all_runs=True)) == 5
-    groups = compare.group_runs(runs)
+    assert len(select_runs(exps=["debug"], root=root, all_runs=True)) == 5
+    groups = group_runs(runs)
     assert set(groups) == {BASE, DEP}
 
-    assert compare.main(["--exps", "debug", "--root", str(root), "--out", str(tmp_path / "rep")]) == 0
+    assert compare_main(["--exps", "debug", "--root", str(root), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "debug" / "index.html").is_file()
-    assert compare.main(["--exps", "nope", "--root", str(root), "--out", str(tmp_path / "rep")]) == 2
+    assert compare_main(["--exps", "nope", "--root", str(root), "--out", str(tmp_path / "rep")]) == 2
     assert "no experiment folder" in capsys.readouterr().err
+
+
+def fake_run(folder: Path, kind: str, seed: int, summary: dict, metrics_csv: str | None = None) -> Path:
+    """A finished run folder of experiment `fake` holding only what the comparison reads."""
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(f"exp: fake\nseed: {seed}\nmodel:\n  kind: {kind}\n")
+    (folder / "summary.json").write_text(json.dumps(summary))
+    if metrics_csv is not None:
+        (folder / "metrics.csv").write_text(metrics_csv)
+    return folder
+
+
+def test_excess_table_and_share_of_the_baseline_excess_removed(tmp_path):
+    per_seed = {  # kind: [(overall excess, verb excess, noun excess) per seed], nats/token
+        "baseline_matched": [(0.010, 0.020, 0.004), (0.012, 0.020, 0.006)],
+        "depenc": [(0.005, 0.010, 0.006), (0.007, 0.010, 0.006)],
+    }
+    dirs = [fake_run(tmp_path / "runs" / f"{kind}-s{seed}", kind, seed,
+                     {"excess/test/excess": total, "excess/test/cat/verb/excess": verb,
+                      "excess/test/cat/noun/excess": noun, "excess/test/cat/noun/share": 0.1})
+            for kind, seeds in per_seed.items() for seed, (total, verb, noun) in enumerate(seeds, 1)]
+    assert compare_main(["--runs", *map(str, dirs), "--out", str(tmp_path / "rep"), "--name", "x"]) == 0
+    md = (tmp_path / "rep" / "x" / "summary.md").read_text()
+    section = md.split("## Excess loss over the exact optimum")[1].split("## Figures")[0]
+    rows = table_rows(section)
+    head = rows["excess (nats/token)"]
+    assert head[1:] == ["fake/baseline_matched (baseline)", "fake/depenc",
+                        "fake/depenc: share of the baseline's excess removed"]
+    # overall: 1 - 0.006 / 0.011; verb: 1 - 0.010 / 0.020; noun: more excess than the baseline (0.005)
+    assert rows["excess/test/excess"][1:] == ["0.0110 ± 0.0014 (n=2)", "0.0060 ± 0.0014 (n=2)", "45.5%"]
+    assert rows["excess/test/cat/verb/excess"][1:] == ["0.0200 ± 0 (n=2)", "0.0100 ± 0 (n=2)", "50.0%"]
+    assert rows["excess/test/cat/noun/excess"][3] == "-20.0%"
+    assert "excess/test/cat/noun/share" not in rows  # a bucket's part of the total is not an excess
+    assert (tmp_path / "rep" / "x" / "excess.png").stat().st_size > 5000
+    assert '<table id="excess">' in (tmp_path / "rep" / "x" / "index.html").read_text()
+
+
+def test_history_from_metrics_csv(tmp_path):
+    """Without summary.json a metric's final value is its last logged value; one point per step
+    (the last logged there); non-numbers and inf are absent."""
+    csv_text = ("epoch,step,train/loss,val/validation/ppl,note\n"
+                "0,0,5.0,,x\n0,2,4.0,,x\n0,2,,10.0,x\n0,4,,inf,x\n0,4,3.5,8.0,x\n0,6,3.0,,x\n")
+    run = load_run(fake_run(tmp_path / "r", "depenc", 1, {"train/loss": 2.5}, csv_text))
+    (run.path / "summary.json").unlink()
+    run = load_run(run.path)
+    steps, values = run.curve("val/validation/ppl")
+    assert steps.tolist() == [2.0, 4.0] and values.tolist() == [10.0, 8.0]
+    assert run.final("val/validation/ppl") == 8.0 and run.final("train/loss") == 3.0
+    assert run.metric_keys() == {"train/loss", "val/validation/ppl"}
+    assert not run.complete and run.final("note") is None
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium (Debian: apt-get install chromium "
@@ -113,7 +167,7 @@ def test_index_html_renders_offline_with_every_figure(report, compare_runs, tmp_
     page = index.read_text()
     assert "http://" not in page and "https://" not in page  # nothing to fetch: opens offline
     n_img = page.count("<img ")
-    assert n_img == 5
+    assert n_img == 6  # the five figures and the excess-loss one (every synthetic run has excess metrics)
     shot = tmp_path / "report.png"
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",

@@ -197,7 +197,7 @@ ROUND_TRIP = "the cat sees a dog .\nthe farmer likes a horse ."
 @pytest.mark.parametrize("kind", ["word", "char", "bpe"])
 def test_tokenizer_round_trip_and_save(tmp_path, kind):
     train = _sentences(50) + [ROUND_TRIP]
-    tok = build_tokenizer(kind, train, {"vocab_size": 300})
+    tok = build_tokenizer(kind, train, vocab_size=300)
     assert tok.kind == kind and tok.eos_id == 0 and tok.id_to_token(0) == "<eos>"
     if kind != "bpe":
         assert tok.unk_id == 1 and tok.id_to_token(1) == "<unk>"
@@ -226,8 +226,8 @@ def test_tokenizer_round_trip_and_save(tmp_path, kind):
 
 def test_bpe_word_starts_and_determinism():
     train = _sentences(80)
-    a = build_tokenizer("bpe", train, {"vocab_size": 1000})
-    b = build_tokenizer("bpe", train, {"vocab_size": 1000})
+    a = build_tokenizer("bpe", train, vocab_size=1000)
+    b = build_tokenizer("bpe", train, vocab_size=1000)
     assert a.encode(ROUND_TRIP) == b.encode(ROUND_TRIP)
     ids = a.encode("the cat sees")
     starts = [a.is_word_start(i) for i in ids]
@@ -250,13 +250,13 @@ def test_word_vocabulary_from_train_only(tmp_path, text_files):
 
 def test_word_vocabulary_limits_and_fixed_vocab():
     train = ["a a a b b c", "a b d"]
-    tok = build_tokenizer("word", train, {"vocab_size": 4})
+    tok = build_tokenizer("word", train, vocab_size=4)
     assert [tok.id_to_token(i) for i in range(tok.vocab_size)] == ["<eos>", "<unk>", "a", "b"]
-    tok = build_tokenizer("word", train, {"vocab_size": 0, "min_freq": 2})
+    tok = build_tokenizer("word", train, vocab_size=0, min_freq=2)
     assert tok.vocab_size == 4
-    tok = build_tokenizer("word", train, {"vocab_size": 0, "lowercase": True})
+    tok = build_tokenizer("word", train, vocab_size=0, lowercase=True)
     assert tok.encode("A B") == tok.encode("a b")
-    tok = build_tokenizer("word", train, {"vocab_size": 2}, fixed_vocab=["x", "a", "y"])
+    tok = build_tokenizer("word", train, vocab_size=2, fixed_vocab=["x", "a", "y"])
     assert [tok.id_to_token(i) for i in range(tok.vocab_size)] == ["<eos>", "<unk>", "x", "a", "y"]
     assert tok.encode("b") == [1]
 

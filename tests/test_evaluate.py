@@ -146,7 +146,7 @@ def test_errors_are_one_line_and_exit_2(run, tmp_path, capsys):
 
 
 def test_agree_matches_the_callback_and_ablations_change_the_model(run, capsys):
-    from depenc.callbacks.agreement import evaluate_pairs, load_pairs
+    from depenc.evaluation.agreement import evaluate_pairs, load_pairs
     from depenc.evaluate import load_run
 
     rc, out, _ = call(capsys, "agree", "--ckpt", run["ckpt"], "--split", "test", "--max-pairs", "40", "--device", "cpu")

@@ -14,7 +14,6 @@ from depenc.metrics.alignment import (
     LENGTH_BUCKETS,
     AlignmentAccumulator,
     arc_bucket,
-    bucket_label,
     chain_edges,
     gold_edges,
     left_arc_attachment,
@@ -29,6 +28,7 @@ from depenc.metrics.alignment import (
     uuas,
     word_scores_from_tokens,
 )
+from depenc.metrics.buckets import bucket_label, find_bucket
 from depenc.metrics.text import (
     distinct_n,
     jensen_shannon,
@@ -278,6 +278,8 @@ def test_buckets() -> None:
     assert [arc_bucket(k) for k in (1, 2, 3, 4, 5, 8, 9, 50)] == [
         "1", "2", "3-4", "3-4", "5-8", "5-8", ">8", ">8",
     ]
+    assert find_bucket(0, LENGTH_BUCKETS) is None and find_bucket(7, [(0, 0), (3, None)], open_style="+") == "3+"
+    assert bucket_label((0, 0), open_style="+") == "0" and bucket_label((13, None)) == ">12"
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,7 +306,7 @@ def test_left_arc_hand_case() -> None:
 def test_next_target_shift() -> None:
     heads = [3, 3, 4, 0, 4]
     targets = next_target_left_arcs(heads)
-    assert targets == [set(), {0, 1}, {2}, {3}]
+    assert targets == [[], [0, 1], [2], [3]]
     # model at word i predicting where word i+1 attaches (support 0..i)
     M_next = np.zeros((5, 5))
     M_next[0, 0] = 1.0

@@ -274,3 +274,27 @@ def test_dependency_bias_attention_matches_autograd_reference():
     ref_grads = torch.autograd.grad(ref, (q, k, v, beta, log_M), g)
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_checkpoints_of_study_v1_load_and_removed_options_are_refused():
+    """A model dict and state dict in the layout before the study-v1 cleanup (``depenc.enabled``, hops,
+    ``encoder.w_head``, dep_gamma of shape (H, 1)) load into today's model; one that used a removed option
+    (frontier parser) is refused with a pointer to the tag."""
+    from depenc.lightning import upgrade_model_config, upgrade_state_dict
+
+    new = make({"attention": "mix"})
+    old_dep = {"enabled": True, **DepEncConfig(attention="mix").__dict__, "hops": 1, "second_order": False,
+               "recency_prior": True, "freeze_parser": False, "within_document": True, "exclude_ids": [],
+               "zero_gate": False, "zero_lambda": False}
+    old_dep.pop("embedding_init")
+    old = {k: v for k, v in new.cfg.to_dict().items() if k not in ("kind", "attention_impl", "compile", "depenc")}
+    old.update(flex_attention=False, depenc=old_dep)
+    state = {k.replace("encoder.parser.", "encoder."): (v.view(-1, 1) if k.endswith("dep_gamma") else v)
+             for k, v in new.state_dict().items()}
+    upgrade_state_dict(state)
+    rebuilt = Transformer(ModelConfig.from_dict(upgrade_model_config(old, "depenc")))
+    rebuilt.load_state_dict(state)  # strict: every name and shape matches
+    idx = tokens()
+    torch.testing.assert_close(rebuilt.eval()(idx)["logits"], new(idx)["logits"], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="study-v1"):
+        upgrade_model_config({**old, "depenc": {**old_dep, "parser": "frontier"}}, "depenc")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import subprocess
@@ -17,6 +18,7 @@ from depenc.data.synthetic import (
     Grammar,
     SyntheticConfig,
     accepts,
+    Sentence,
     chain_uuas,
     first_invalid,
     get_grammar,
@@ -136,16 +138,20 @@ HAND_CHECKED = [
 ]
 
 
-@pytest.mark.parametrize("pattern,heads,deprels", HAND_CHECKED)
-def test_hand_checked_conventions(grammar, pattern, heads, deprels):
+def _sample_pattern(grammar, pattern: str):
+    """The first sentence (seeded) whose tags without number are ``pattern``."""
     want = pattern.split()
     rng = random.Random(7)
-    for _ in range(50_000):
+    for _ in range(200_000):
         s = grammar.sample(rng)
         if [t.split("_")[0] for t in s.tags] == want:
-            break
-    else:
-        pytest.fail(f"pattern {pattern} not generated")
+            return s
+    pytest.fail(f"pattern {pattern} not generated")
+
+
+@pytest.mark.parametrize("pattern,heads,deprels", HAND_CHECKED)
+def test_hand_checked_conventions(grammar, pattern, heads, deprels):
+    s = _sample_pattern(grammar, pattern)
     assert s.heads == heads, s.text
     assert s.deprels == deprels.split(), s.text
     # every finite verb has exactly one agreement record, with the right subject
@@ -159,6 +165,30 @@ def test_hand_checked_conventions(grammar, pattern, heads, deprels):
         assert got == {(1, 6, 4), (4, 5, 0)}
     if pattern == "DET N IV CC TV DET N PUNCT":  # coordinated verbs agree with one subject
         assert {(a.subject, a.verb, a.distance) for a in s.agreement} == {(1, 2, 0), (1, 4, 2)}
+
+
+# (base tags of the pattern, expected embedding depth of every word)
+DEPTH_CHECKED = [
+    ("DET N IV PUNCT", [0, 0, 0, 0]),
+    ("DET N P DET N IV PUNCT", [0, 0, 1, 1, 1, 0, 0]),  # the dog near the cats runs .
+    ("DET N IV P DET N PUNCT", [0, 0, 0, 1, 1, 1, 0]),  # the dog runs near the cat .
+    ("DET N RPRON DET N TV IV PUNCT", [0, 0, 1, 1, 1, 1, 0, 0]),  # object relative
+    ("DET N CV CTHAT DET N IV PUNCT", [0, 0, 0, 1, 1, 1, 1, 0]),  # complement clause
+    ("DET N CV CTHAT DET N P DET N IV PUNCT", [0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 0]),
+]
+
+
+@pytest.mark.parametrize("pattern,depths", DEPTH_CHECKED)
+def test_depths_hand_checked(grammar, pattern, depths):
+    s = _sample_pattern(grammar, pattern)
+    assert s.depths == depths, s.text
+
+
+def test_depths_within_cap(corpus):
+    assert all(len(s.depths) == len(s.tokens) for s in corpus)
+    assert max(max(s.depths) for s in corpus) == CFG.max_depth  # reached, never exceeded
+    long = make_split(SMALL, "test_long")
+    assert max(max(s.depths) for s in long) <= SMALL.long_max_depth
 
 
 def test_agreement_records_consistent(corpus):
@@ -289,6 +319,17 @@ def test_splits_sizes_and_disjoint():
         make_split(SMALL, "dev")
 
 
+def test_splits_bit_identical():
+    # other code caches token arrays of the splits: a change to the generator's random stream
+    # must be deliberate (digest of the tokens and heads of every SMALL split, recorded at the
+    # split of synthetic.py into a package)
+    h = hashlib.sha256()
+    for sp in SPLITS:
+        for s in make_split(SMALL, sp):
+            h.update((" ".join(s.tokens) + "|" + " ".join(map(str, s.heads)) + "\n").encode())
+    assert h.hexdigest()[:16] == "4929513c646ae5de"
+
+
 def test_test_long_is_long():
     sents = make_split(SMALL, "test_long")
     assert all(any(a.distance >= SMALL.long_min_distance for a in s.agreement) for s in sents)
@@ -314,8 +355,17 @@ def test_minimal_pairs(corpus, grammar):
 
 
 def test_chain_uuas(corpus):
-    u = chain_uuas(corpus)
-    assert 0.3 < u < 0.6
+    # known answers: "the dog runs ." (the->dog, dog->runs, .->runs) is a chain; in "the dog sees a cat ."
+    # the chain shares the-dog, dog-sees, a-cat, cat-. is wrong (. -> sees) and sees-a is wrong (a -> cat)
+    chain = Sentence(["the", "dog", "runs", "."], [2, 3, 0, 3], ["det", "nsubj", "root", "punct"], [],
+                     ["DET_sg", "N_sg", "IV_sg", "PUNCT"])
+    obj = Sentence(["the", "dog", "sees", "a", "cat", "."], [2, 3, 0, 5, 3, 3],
+                   ["det", "nsubj", "root", "det", "obj", "punct"], [], ["DET_sg", "N_sg", "TV_sg", "DET_sg", "N_sg", "PUNCT"])
+    assert chain_uuas([chain]) == 1.0
+    assert chain_uuas([obj]) == pytest.approx(3 / 5)
+    assert chain_uuas([chain, obj]) == pytest.approx(6 / 8)
+    # the fixed corpus of this module (2,000 sentences, seed 11): its known value
+    assert chain_uuas(corpus) == pytest.approx(0.400827, abs=1e-6)
 
 
 # ------------------------------------------------------------------ CLI

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,8 @@ from pathlib import Path
 
 import torch
 import yaml
+
+from depenc.evaluation.memory import peak_rss_mb
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("baseline", "depenc", "peer")
@@ -113,26 +114,13 @@ def sync(device) -> None:
 
 
 # ---- peak memory ------------------------------------------------------------------------------
-def rss_peak_mb() -> float:
-    """Peak resident set size of this process in MiB: VmHWM of the current address space on Linux (a
-    fresh process starts from zero; ``ru_maxrss`` would carry the parent's peak over fork + exec)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-
 
 def probe_memory(args) -> dict:
     """In a fresh process: peak RSS growth over the after-imports baseline for one (model, length)."""
     name, T = args.probe[0], int(args.probe[1])
     if name == "peer":
         import transformers  # noqa: F401  (imported before the baseline is taken)
-    base = rss_peak_mb()
+    base = peak_rss_mb()
     device = torch.device("cpu")
     model = build_model(name, args).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -141,7 +129,7 @@ def probe_memory(args) -> dict:
     opt.step()
     opt.zero_grad(set_to_none=True)
     make_step(name, model, opt, batch_for(T, args, device))()  # ... then one full training step
-    return {"model": name, "seq_len": T, "peak_mem_mb": rss_peak_mb() - base, "rss_after_imports_mb": base}
+    return {"model": name, "seq_len": T, "peak_mem_mb": peak_rss_mb() - base, "rss_after_imports_mb": base}
 
 
 def memory_in_subprocess(name: str, T: int, argv: list[str]) -> float | None:

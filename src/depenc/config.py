@@ -7,6 +7,7 @@ the bad key and the nearest valid one.
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -46,13 +47,24 @@ def _flat_keys(node: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def schema() -> DictConfig:
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
     return OmegaConf.structured(Config)
+
+
+def schema() -> DictConfig:
+    """The schema with its defaults (a fresh copy: callers may change it)."""
+    return _schema().copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _declared_keys() -> dict[str, Any]:
+    return _flat_keys(_schema())
 
 
 def _check_keys(delta: Any, source: str) -> None:
     """Raise ConfigError for a key of ``delta`` that the schema does not have, naming the nearest one."""
-    declared = _flat_keys(schema())
+    declared = _declared_keys()
     for key, value in _flat_keys(delta).items():
         if isinstance(declared.get(key), bool) and not isinstance(value, bool):  # OmegaConf would take 3 as true
             raise ConfigError(f"config key '{key}' (from {source}) expects bool (true / false), got {value!r}")
@@ -69,7 +81,7 @@ def _check_keys(delta: Any, source: str) -> None:
 
 def merge_checked(layers: Iterable[tuple[Any, str]]) -> DictConfig:
     """The schema with each (config, source name) merged on top, in order; one-line errors."""
-    cfg = schema()
+    cfg = _schema()  # merge returns a new config; the cached schema is never changed
     for delta, source in layers:
         _check_keys(delta, source)
         try:

@@ -12,6 +12,9 @@
   them); prints their statistics as one JSON object.
 * ``agree [--split test_long]``: subject-verb agreement minimal pairs of a run trained on the
   synthetic grammar (accuracy and margin by distance and attractors, as the agreement callback logs).
+* ``excess --split S [--reference own|train] [--max-sentences N]``: excess loss and KL over the synthetic
+  grammar's exact optimum on sentence-aligned blocks, by category, depth and agreement distance
+  (``depenc.evaluation.excess``; the excess callback's numbers). Prints one JSON object.
 
 ``--ablate zero_gate`` (M = 0) / ``--ablate zero_lambda`` (no dependency-weighted attention) switch
 off part of a DepEnc model at inference time, for any command: does the model use its structure?
@@ -25,13 +28,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
+
+from depenc.evaluation.base import needs_gold_arcs, oracle_skip_reason, unwrap_model
+from depenc.evaluation.io import to_json
+from depenc.evaluation.likelihood import perplexity, score_sentences
 
 
 class CLIError(Exception):
@@ -47,7 +52,6 @@ def load_run(ckpt: str, device: str = "auto") -> tuple[Any, torch.nn.Module, Any
     path = Path(ckpt)
     if not path.is_file():
         raise CLIError(f"checkpoint not found: {path} (give a .ckpt file, e.g. runs/<exp>/<run_id>/checkpoints/last.ckpt)")
-    from depenc.callbacks import unwrap_model
     from depenc.lightning import load_lm
 
     try:
@@ -69,7 +73,7 @@ def load_run(ckpt: str, device: str = "auto") -> tuple[Any, torch.nn.Module, Any
             raise CLIError(f"no tokenizer.json next to {path} (looked in {run_dir}) and no data config in the checkpoint")
         from depenc.data.datamodule import LMDataModule
 
-        dm = LMDataModule(run_config["data"], seed=run_config.get("seed", 0))
+        dm = LMDataModule(run_config["data"], seed=run_config["seed"])
         dm.setup("fit")
         tokenizer = dm.tokenizer
     if tokenizer.vocab_size != model.cfg.vocab_size:
@@ -90,136 +94,63 @@ def _read_lines(path: str, what: str) -> list[str]:
 
 
 def _check_model(model) -> None:
-    from depenc.callbacks import needs_gold_arcs
-
     if needs_gold_arcs(model):
         raise CLIError("this checkpoint uses model.depenc.parser=oracle, which needs gold arcs for every input; "
                        "it cannot be evaluated on plain text")
 
 
 # --------------------------------------------------------------------------------------------
-# perplexity and scores
-
-
-@torch.no_grad()
-def nll_of_blocks(model, blocks, batch_size: int = 16) -> tuple[float, int]:
-    """Summed NLL (nats) and number of predicted tokens over ``EvalBlocks``-like items."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for s in range(0, len(blocks), batch_size):
-        items = [blocks[i] for i in range(s, min(len(blocks), s + batch_size))]
-        x = torch.stack([it["input_ids"] for it in items]).to(device)
-        y = torch.stack([it["targets"] for it in items]).to(device)
-        logits = model(x)["logits"].float()
-        nll = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-100,
-                                                reduction="sum")
-        total += float(nll)
-        count += int((y != -100).sum())
-    return total, count
-
-
-def perplexity(model, tokenizer, documents: Sequence[str], batch_size: int = 16) -> dict:
-    """Token ppl, bits per byte (UTF-8 bytes of the documents + one per closing ``<eos>``, as in
-    training) and word ppl (whitespace words + one per ``<eos>``) of the documents joined with
-    ``<eos>`` (``[eos] d1 [eos] d2 [eos] ...``), in non-overlapping blocks of the model's context."""
-    from depenc.data.datamodule import EvalBlocks
-
-    eos = tokenizer.eos_id
-    stream: list[int] = [eos]
-    for d in documents:
-        stream.extend(tokenizer.encode(d))
-        stream.append(eos)
-    blocks = EvalBlocks(np.asarray(stream, dtype=np.int64), int(model.cfg.block_size), pad_id=eos)
-    nll, n = nll_of_blocks(model, blocks, batch_size)
-    n_bytes = sum(len(d.encode("utf-8")) for d in documents) + len(documents)
-    n_words = sum(len(d.split()) for d in documents) + len(documents)
-    mean = nll / n if n else float("nan")
-    return {
-        "n_docs": len(documents),
-        "n_tokens": n,
-        "loss": mean,
-        "ppl": math.exp(mean) if n else float("nan"),
-        "n_bytes": n_bytes,
-        "bpb": nll / math.log(2) / n_bytes if n_bytes else float("nan"),
-        "n_words": n_words,
-        "word_ppl": math.exp(nll / n_words) if n_words else float("nan"),
-        "block_size": int(model.cfg.block_size),
-    }
-
-
-@torch.no_grad()
-def score_sentences(model, tokenizer, sentences: Sequence[str], batch_size: int = 32) -> list[dict]:
-    """Total log-prob (nats) of each sentence's tokens + closing ``<eos>`` given ``[<eos>]``.
-
-    Sentences longer than the context are scored in consecutive non-overlapping windows (the first
-    token of each later window sees only its own window); they are flagged ``"windowed": true``."""
-    device = next(model.parameters()).device
-    eos = tokenizer.eos_id
-    T = int(model.cfg.block_size)
-    seqs = [[eos] + tokenizer.encode(s) + [eos] for s in sentences]
-    # (sequence index, inputs, targets) windows of at most T inputs
-    windows: list[tuple[int, list[int], list[int]]] = []
-    for k, seq in enumerate(seqs):
-        for s in range(0, len(seq) - 1, T):
-            chunk = seq[s : s + T + 1]
-            windows.append((k, chunk[:-1], chunk[1:]))
-    totals = np.zeros(len(seqs))
-    order = sorted(range(len(windows)), key=lambda i: len(windows[i][1]))
-    for s in range(0, len(order), batch_size):
-        chunk = [windows[i] for i in order[s : s + batch_size]]
-        L = max(len(w[1]) for w in chunk)
-        x = torch.full((len(chunk), L), eos, dtype=torch.long)
-        y = torch.full((len(chunk), L), -100, dtype=torch.long)
-        for r, (_, inp, tgt) in enumerate(chunk):
-            x[r, : len(inp)] = torch.tensor(inp)
-            y[r, : len(tgt)] = torch.tensor(tgt)
-        logp = torch.log_softmax(model(x.to(device))["logits"].float(), dim=-1).cpu()
-        mask = y != -100
-        picked = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-        for r, (k, _, _) in enumerate(chunk):
-            totals[k] += float(picked[r].sum())
-    return [
-        {"text": s, "logprob": float(totals[k]), "n_tokens": len(seqs[k]) - 1,
-         **({"windowed": True} if len(seqs[k]) - 1 > T else {})}
-        for k, s in enumerate(sentences)
-    ]
-
-
-# --------------------------------------------------------------------------------------------
 # commands
 
 
-ABLATIONS = ("zero_gate", "zero_lambda")
-
-
 def _load(args) -> tuple[Any, torch.nn.Module, Any, dict]:
-    """load_run with the command's ``--ablate`` switches applied to the dependency encoder."""
+    """load_run with the command's ``--ablate`` switches (``Transformer.ablate``) applied."""
     lm, model, tok, run_config = load_run(args.ckpt, args.device)
-    ablate = list(getattr(args, "ablate", None) or [])
-    if ablate:
-        if not model.cfg.depenc.enabled:
-            raise CLIError(f"--ablate {' '.join(ablate)}: {args.ckpt} is not a DepEnc model (nothing to switch off)")
-        for flag in ablate:
-            setattr(model.encoder.cfg, flag, True)
+    try:
+        model.ablate(*(args.ablate or []))
+    except ValueError as exc:  # not a DepEnc model
+        raise CLIError(f"--ablate {' '.join(args.ablate)}: {args.ckpt}: {exc}") from None
     return lm, model, tok, run_config
 
 
+def _synthetic_data(run_config: dict, command: str) -> dict:
+    """The data config of a run trained on the synthetic grammar (CLIError for any other run)."""
+    data = run_config["data"]
+    if data["source"] != "synthetic":
+        raise CLIError(f"{command} needs a run trained on the synthetic grammar (data.source is {data['source']!r})")
+    return data
+
+
 def cmd_agree(args) -> int:
-    from depenc.callbacks import oracle_skip_reason
-    from depenc.callbacks.agreement import evaluate_pairs, load_pairs
+    from depenc.evaluation.agreement import evaluate_pairs, load_pairs
 
     _, model, tok, run_config = _load(args)
     if (reason := oracle_skip_reason(model, tok)) is not None:
-        raise CLIError(reason.replace("; skipped", ""))
-    data = run_config.get("data") or {}
-    if data.get("source") != "synthetic":
-        raise CLIError(f"agree needs a run trained on the synthetic grammar (data.source is {data.get('source')!r})")
+        raise CLIError(reason)
+    data = _synthetic_data(run_config, "agree")
     try:
-        pairs = load_pairs(data.get("synthetic") or {}, args.split, args.max_pairs)
+        pairs = load_pairs(data["synthetic"], args.split, args.max_pairs)
     except (KeyError, ValueError) as exc:
         raise CLIError(f"--split {args.split}: {exc}") from None
     metrics, _ = evaluate_pairs(model, tok, pairs, args.batch_size, seed=args.seed)
     _emit({"ckpt": args.ckpt, "split": args.split, "ablate": args.ablate or [], "metrics": metrics}, args.out)
+    return 0
+
+
+def cmd_excess(args) -> int:
+    from depenc.evaluation.base import synthetic_config
+    from depenc.evaluation.excess import evaluate_excess
+
+    _, model, tok, run_config = _load(args)
+    data = _synthetic_data(run_config, "excess")
+    try:
+        metrics, result = evaluate_excess(model, tok, synthetic_config(data["synthetic"]), args.split, args.reference,
+                                          args.max_sentences, args.batch_size,
+                                          cache_dir=Path(data["cache_dir"]) / "exact")  # the run's data cache
+    except ValueError as exc:  # unknown split, a subword tokenizer
+        raise CLIError(f"excess --split {args.split}: {exc}") from None
+    _emit({"ckpt": args.ckpt, "split": args.split, "reference": args.reference, "ablate": args.ablate or [],
+           "metrics": metrics, "result": result}, args.out)
     return 0
 
 
@@ -248,33 +179,26 @@ def cmd_score(args) -> int:
 
 
 def _treebank(spec: str, name: str, tok, block: int, n: int, run_config: dict):
-    from depenc.callbacks.alignment import SYNTHETIC_PREFIX, encode_treebank, load_gold, resolve_path, synthetic_gold
+    from depenc.evaluation.alignment import SYNTHETIC_PREFIX, encode_treebank, gold_from_spec, resolve_path
 
-    if spec.startswith(SYNTHETIC_PREFIX):
-        data = run_config.get("data") or {}
-        split = spec[len(SYNTHETIC_PREFIX):]
-        try:
-            gold = synthetic_gold(data.get("synthetic") or {}, split, n)
-        except ValueError as exc:
-            raise CLIError(f"--treebank {spec}: {exc}") from None
-    else:
-        if not resolve_path(spec).exists():
-            raise CLIError(f"treebank not found: {spec}")
-        try:
-            gold = load_gold(spec, n)
-        except FileNotFoundError as exc:
-            raise CLIError(str(exc)) from None
-        except (ValueError, OSError) as exc:
-            raise CLIError(f"cannot read treebank {spec}: {exc}") from None
+    synthetic = spec.startswith(SYNTHETIC_PREFIX)
+    if not synthetic and not resolve_path(spec).exists():
+        raise CLIError(f"treebank not found: {spec}")
+    try:
+        gold = gold_from_spec(spec, run_config["data"]["synthetic"] if synthetic else None, n)
+    except FileNotFoundError as exc:
+        raise CLIError(str(exc)) from None
+    except (ValueError, OSError) as exc:  # an unknown synthetic split, an unreadable file
+        raise CLIError(f"--treebank {spec}: {exc}" if synthetic else f"cannot read treebank {spec}: {exc}") from None
     return encode_treebank(name, gold, tok, block, source=spec)
 
 
 def cmd_align(args) -> int:
-    from depenc.callbacks.alignment import evaluate_alignment
+    from depenc.evaluation.alignment import evaluate_alignment, treebank_name
 
     _, model, tok, run_config = _load(args)  # oracle models read the gold arcs here
     block = int(model.cfg.block_size)
-    name = Path(args.treebank).stem if ":" not in args.treebank else args.treebank.replace(":", "_")
+    name = treebank_name(args.treebank)
     treebank = _treebank(args.treebank, name, tok, block, args.max_sentences, run_config)
     selection = None
     if args.select and (args.select == args.treebank or (
@@ -282,7 +206,7 @@ def cmd_align(args) -> int:
         raise CLIError("--select must be another treebank than --treebank: attn_best is never reported on "
                        "the treebank its head was chosen on")
     if args.select:
-        sel_name = "selection:" + (Path(args.select).stem if ":" not in args.select else args.select.replace(":", "_"))
+        sel_name = "selection:" + treebank_name(args.select)
         selection = _treebank(args.select, sel_name, tok, block, args.select_max_sentences, run_config)
     try:
         result = evaluate_alignment(model, [treebank], selection, args.batch_size, args.drop_punct, args.n_examples,
@@ -294,7 +218,7 @@ def cmd_align(args) -> int:
         "ckpt": args.ckpt,
         "treebank": args.treebank,
         "select": args.select,
-        "target": model.cfg.depenc.target if model.cfg.depenc.enabled else None,
+        "target": model.cfg.depenc.target if model.encoder is not None else None,
         "drop_punct": args.drop_punct,
         **{k: tb[k] for k in ("n_total", "n_used", "n_skipped", "skipped")},
         "sources": tb["sources"],
@@ -307,7 +231,7 @@ def cmd_align(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from depenc.callbacks.generation import generate_samples, sample_metrics, write_samples
+    from depenc.evaluation.generation import generate_samples, sample_metrics, write_samples
 
     if args.n < 1:
         raise CLIError("--n must be at least 1")
@@ -315,11 +239,11 @@ def cmd_generate(args) -> int:
     _, model, tok, run_config = _load(args)
     _check_model(model)
     grammar = None
-    data = run_config.get("data") or {}
-    if data.get("source") == "synthetic":
+    if run_config["data"]["source"] == "synthetic":
         from depenc.data import synthetic
+        from depenc.evaluation.base import synthetic_config
 
-        grammar = synthetic.get_grammar(synthetic.SyntheticConfig.from_dict(dict(data.get("synthetic") or {})))
+        grammar = synthetic.get_grammar(synthetic_config(run_config["data"]["synthetic"]))
     samples = generate_samples(model, tok, args.n, args.seed, args.batch_size, args.max_new_tokens,
                                args.temperature, args.top_k, args.top_p)
     metrics = sample_metrics(samples, reference, grammar)
@@ -333,16 +257,7 @@ def cmd_generate(args) -> int:
 
 
 def _emit(obj: dict, out: str | None) -> None:
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    text = json.dumps(clean(obj), indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o))
+    text = to_json(obj)
     if out:
         try:
             Path(out).write_text(text + "\n", encoding="utf-8")
@@ -357,14 +272,16 @@ def _emit(obj: dict, out: str | None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from depenc.models.transformer import Transformer
+
     p = argparse.ArgumentParser(prog="python -m depenc.evaluate", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{ppl,score,align,generate,agree}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{ppl,score,align,generate,agree,excess}")
 
     def common(sp):
         sp.add_argument("--ckpt", required=True, help="checkpoint (runs/<exp>/<run_id>/checkpoints/last.ckpt)")
         sp.add_argument("--device", default="auto", help="auto (GPU if available) | cpu | cuda | cuda:N")
         sp.add_argument("--batch-size", type=int, default=32)
-        sp.add_argument("--ablate", action="append", choices=ABLATIONS, default=None,
+        sp.add_argument("--ablate", action="append", choices=Transformer.ABLATIONS, default=None,
                         help="switch off part of a DepEnc model at inference time (repeatable)")
 
     sp = sub.add_parser("ppl", help="perplexity / bits per byte of a text file (one document per line)")
@@ -411,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
     sp.add_argument("--out", default=None, help="write the JSON here instead of stdout")
     sp.set_defaults(func=cmd_agree)
+
+    sp = sub.add_parser("excess", help="excess loss and KL over the synthetic grammar's exact optimum")
+    common(sp)
+    sp.add_argument("--split", default="test", help="synthetic split: validation | test | test_long")
+    sp.add_argument("--reference", default="own", choices=("own", "train"),
+                    help="the optimum: own (the split's generator) | train (the training grammar without the depth cap)")
+    sp.add_argument("--max-sentences", type=int, default=0, help="first N sentences (0 = all)")
+    sp.add_argument("--out", default=None, help="write the JSON here instead of stdout")
+    sp.set_defaults(func=cmd_excess)
     return p
 
 

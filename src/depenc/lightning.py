@@ -81,8 +81,6 @@ class LMBase(L.LightningModule):
     order), ``split_stats`` (name -> n_tokens, n_bytes, n_words), ``kind``, ``log_encoder_every``.
     """
 
-    kind = "base"
-
     def __init__(
         self,
         model: dict,
@@ -203,12 +201,10 @@ class LMBase(L.LightningModule):
 
 
 class BaselineLM(LMBase):
-    kind = "baseline"
+    pass
 
 
 class DepEncLM(LMBase):
-    kind = "depenc"
-
     def should_log_encoder(self) -> bool:
         every = self.hparams.log_encoder_every
         return every > 0 and self.global_step % every == 0

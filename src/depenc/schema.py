@@ -242,7 +242,7 @@ class AgreementCallbackConfig:
 
 @dataclass
 class ExcessCallbackConfig:
-    enabled: bool = False
+    enabled: bool = True
     every_n_val: int = 1
     splits: List[str] = field(default_factory=lambda: ["validation", "test", "test_long"])
     reference: str = field(default="train", metadata=choices("train", "own"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import subprocess
 import sys
@@ -199,6 +198,8 @@ def merge_metrics(run_dir: Path, previous: Path | None) -> None:
 
 
 def write_summary(run_dir: Path, lm, trainer, extra: dict) -> dict:
+    from depenc.evaluation.io import nan_to_none
+
     summary = read_final_metrics(run_dir / "metrics.csv")
     for key, value in trainer.callback_metrics.items():
         summary.setdefault(key, float(value))
@@ -208,7 +209,7 @@ def write_summary(run_dir: Path, lm, trainer, extra: dict) -> dict:
         tokens_seen=int(lm.tokens_seen.item()),
         **extra,
     )
-    summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in sorted(summary.items())}
+    summary = nan_to_none(dict(sorted(summary.items())))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 

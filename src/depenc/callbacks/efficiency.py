@@ -1,128 +1,113 @@
-"""Training throughput and memory (DESIGN 6).
+"""Training throughput and memory (DESIGN 6), measured by Lightning's ``ThroughputMonitor``.
 
-Measured, not estimated: the wall time between consecutive ``on_train_batch_end`` calls (so data
-loading, forward, backward, optimizer step and per-step logging are included); an interval that
-contains a validation run (and so the evaluation callbacks) is dropped, as is the first step. Logged
-every ``log_every_n_steps`` optimizer steps:
+The monitor times every training batch from ``on_train_batch_end`` to ``on_train_batch_end`` (data
+loading, forward, backward, optimizer step and per-step logging included) and keeps rolling windows
+of batches and tokens. This subclass changes two things:
 
-* ``perf/tokens_per_s``: input tokens of all ranks per second over the window,
-* ``perf/step_time_ms``: mean time per training batch over the window,
-* ``perf/peak_mem_mb``: peak device memory (``torch.cuda.max_memory_allocated``) on GPU, the peak
-  resident set size of the process on CPU; ``perf/peak_rss_mb`` is always the process's peak RSS.
+* the pause around a validation is left out whole: from the end of the last training batch before
+  it to the start of the next one, so the evaluation callbacks that run in ``on_validation_end``
+  (seconds each) are not counted as training (the stock monitor stops the pause at the last
+  validation batch). Validation itself is not measured;
+* it logs this project's keys, every ``log_every_n_steps`` optimizer steps:
 
-At the end of training the same keys are logged once more as whole-run averages (those are the
-values that summary.json keeps), plus ``perf/train_time_s`` (measured training time).
+  - ``perf/tokens_per_s``: input tokens of all ranks per second over the last ``log_every_n_steps``
+    batches (once that many batches have been measured),
+  - ``perf/step_time_ms``: mean time per training batch over the same window,
+  - ``perf/peak_mem_mb``: peak device memory (``torch.cuda.max_memory_allocated``) on GPU, the peak
+    resident set size of the process on CPU; ``perf/peak_rss_mb`` is always the process's peak RSS.
+
+At the end of training the same keys are logged once more as whole-run averages from the end of the
+first batch (which holds warm-up and compilation) to the end of the last: those are the values that
+summary.json keeps; plus ``perf/train_time_s`` (that measured time) and ``perf/measured_steps``.
 """
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 
 import torch
+from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage
 
-from depenc.callbacks import cfg_get, log_scalars
+from depenc.callbacks import log_scalars
+from depenc.evaluation.memory import peak_memory_mb, peak_rss_mb
 
-try:
-    from lightning.pytorch.callbacks import Callback
-except ImportError:  # pragma: no cover
-    Callback = object
+__all__ = ["EfficiencyMonitor"]
 
-__all__ = ["EfficiencyCallback", "peak_rss_mb", "peak_memory_mb"]
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+TRAIN = RunningStage.TRAINING
 
 
-def peak_memory_mb(device: torch.device | None) -> float:
-    """Peak allocated CUDA memory on a GPU device, else the process's peak RSS (MiB)."""
-    if device is not None and device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated(device) / (1024 * 1024)
-    return peak_rss_mb()
-
-
-def _batch_tokens(batch) -> int:
-    if isinstance(batch, dict) and "input_ids" in batch:
-        return int(batch["input_ids"].numel())
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-        return int(batch[0].numel())
-    if isinstance(batch, torch.Tensor):
-        return int(batch.numel())
-    return 0
-
-
-class EfficiencyCallback(Callback):
-    def __init__(self, log_every_n_steps: int = 0):
-        super().__init__()
-        self.log_every_n_steps = int(log_every_n_steps)
+class EfficiencyMonitor(ThroughputMonitor):
+    def __init__(self, log_every_n_steps: int):
+        super().__init__(batch_size_fn=lambda batch: batch["input_ids"].size(0),
+                         length_fn=lambda batch: batch["input_ids"].numel())
+        self.log_every_n_steps = log_every_n_steps  # 0 = trainer.log_every_n_steps
+        self._module_has_flops = False  # no FLOP count: skips the monitor's warning about flops_per_batch
+        self._first: dict | None = None  # totals at the end of the first training batch
         self._last_end: float | None = None
-        self._interrupted = False
-        self._win_tokens = 0
-        self._win_time = 0.0
-        self._win_steps = 0
-        self.total_tokens = 0
-        self.total_time = 0.0
-        self.total_steps = 0
+        self._paused = False
         self.last_metrics: dict[str, float] = {}
 
-    @classmethod
-    def from_config(cls, c) -> "EfficiencyCallback":
-        return cls(log_every_n_steps=cfg_get(c, "log_every_n_steps", 0))
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.every = self.log_every_n_steps or max(1, trainer.log_every_n_steps)
+        self.kwargs["window_size"] = self.every + 1  # rates over the last `every` batches
+        super().setup(trainer, pl_module, stage)
 
-    # measurement ---------------------------------------------------------------------------------
     def on_train_start(self, trainer, pl_module) -> None:
-        self._last_end = None
-        if pl_module.device.type == "cuda" and torch.cuda.is_available():
+        if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+        self._first, self._last_end, self._paused = None, None, False
+        super().on_train_start(trainer, pl_module)
 
+    # validation is a pause: nothing measured, and the gap is removed from the training clock
     def on_validation_start(self, trainer, pl_module) -> None:
-        self._interrupted = True
+        self._paused = True
+
+    def on_validation_batch_end(self, *args, **kwargs) -> None:
+        pass
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        pass
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self._paused and self._last_end is not None and TRAIN in self._t0s:
+            self._t0s[TRAIN] += time.perf_counter() - self._last_end
+        self._paused = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        every = self.log_every_n_steps or max(1, int(trainer.log_every_n_steps or 1))
-        flush = trainer.global_step % every == 0
-        if flush and pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)  # the window closes when the queued work is done
-        now = time.perf_counter()
-        if self._last_end is not None and not self._interrupted:
-            dt = now - self._last_end
-            tokens = _batch_tokens(batch) * max(1, trainer.world_size)
-            self._win_tokens += tokens
-            self._win_time += dt
-            self._win_steps += 1
-            self.total_tokens += tokens
-            self.total_time += dt
-            self.total_steps += 1
-        self._interrupted = False
-        if flush and self._win_steps:
-            self._flush(trainer, pl_module)
-        self._last_end = time.perf_counter()  # logging itself is not part of the next step
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if trainer.is_global_zero and self._first is None:
+            self._first = self._throughputs[TRAIN].compute()
+        self._last_end = time.perf_counter()
 
-    def _metrics(self, tokens: int, seconds: float, steps: int, pl_module) -> dict[str, float]:
-        return {
-            "perf/tokens_per_s": tokens / seconds if seconds > 0 else float("nan"),
-            "perf/step_time_ms": 1000.0 * seconds / steps if steps else float("nan"),
-            "perf/peak_mem_mb": peak_memory_mb(pl_module.device),
-            "perf/peak_rss_mb": peak_rss_mb(),
-        }
-
-    def _flush(self, trainer, pl_module) -> None:
-        metrics = self._metrics(self._win_tokens, self._win_time, self._win_steps, pl_module)
-        self.last_metrics = metrics
-        if trainer.is_global_zero:
-            log_scalars(trainer, metrics)
-        self._win_tokens, self._win_time, self._win_steps = 0, 0.0, 0
+    # logging -----------------------------------------------------------------------------------
+    def _compute(self, trainer, iter_num: int | None = None) -> None:
+        """Called by the monitor after every measured batch (of any stage): logs the training window."""
+        if trainer.state.stage != TRAIN or trainer.global_step % self.every != 0:
+            return
+        window = self._throughputs[TRAIN].compute()
+        metrics = self._memory(trainer)
+        per_device = window.get("device/items_per_sec")
+        if per_device is not None:
+            metrics["perf/tokens_per_s"] = per_device * trainer.world_size
+            metrics["perf/step_time_ms"] = 1000.0 / window["device/batches_per_sec"]
+        self._log(trainer, metrics)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if not self.total_steps:
+        if not trainer.is_global_zero or self._first is None:
             return
-        metrics = self._metrics(self.total_tokens, self.total_time, self.total_steps, pl_module)
-        metrics["perf/train_time_s"] = self.total_time
-        metrics["perf/measured_steps"] = self.total_steps
+        last = self._throughputs[TRAIN].compute()
+        seconds = last["time"] - self._first["time"]
+        steps = last["batches"] - self._first["batches"]
+        if steps <= 0 or seconds <= 0:
+            return
+        tokens = (last["lengths"] - self._first["lengths"]) * trainer.world_size
+        self._log(trainer, {"perf/tokens_per_s": tokens / seconds, "perf/step_time_ms": 1000.0 * seconds / steps,
+                            **self._memory(trainer), "perf/train_time_s": seconds, "perf/measured_steps": steps})
+
+    def _memory(self, trainer) -> dict[str, float]:
+        return {"perf/peak_mem_mb": peak_memory_mb(trainer.strategy.root_device), "perf/peak_rss_mb": peak_rss_mb()}
+
+    def _log(self, trainer, metrics: dict[str, float]) -> None:
         self.last_metrics = metrics
-        if trainer.is_global_zero:
-            log_scalars(trainer, metrics)
+        log_scalars(trainer, metrics)

@@ -244,9 +244,9 @@ class LMDataModule(L.LightningDataModule):
         corpus = self._load_corpus()
         self._corpus = corpus
         t_load = time.perf_counter() - t0
-        tok = build_tokenizer(
-            self.cfg["tokenizer"], corpus.texts("train"), self.cfg, fixed_vocab=corpus.fixed_vocab
-        )
+        c = self.cfg
+        tok = build_tokenizer(c["tokenizer"], corpus.texts("train"), c["vocab_size"], c["min_freq"], c["lowercase"],
+                              fixed_vocab=corpus.fixed_vocab)
         t_tok = time.perf_counter() - t0 - t_load
         dtype = np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
         main = list(sources.SYNTHETIC_SPLITS if "test_long" in corpus.splits else sources.MAIN_SPLITS)

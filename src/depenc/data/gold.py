@@ -12,19 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from depenc.metrics.alignment import left_relatives
 
-def left_relatives(heads: Sequence[int]) -> list[list[int]]:
-    """0-based earlier words linked to each word by a gold arc (heads 1-based, 0 = root)."""
-    rel: list[list[int]] = [[] for _ in heads]
-    for dep, head in enumerate(heads):
-        if head == 0:
-            continue
-        head -= 1
-        if head < dep:
-            rel[dep].append(head)  # the head is on the left
-        else:
-            rel[head].append(dep)  # a dependent on the left of its head
-    return rel
+__all__ = ["GoldArcs", "gold_matrices", "left_relatives", "sentence_gold_matrix"]
 
 
 class GoldArcs:
@@ -60,3 +50,10 @@ def sentence_gold_matrix(heads: Sequence[int], target: str, T: int | None = None
     """(T, T) gold matrix for the model input [BOS] + sentence (T defaults to len(heads) + 1)."""
     T = T or len(heads) + 1
     return GoldArcs([heads], [1], T, target).matrix(0, T)
+
+
+def gold_matrices(heads_list: Sequence[Sequence[int]], target: str, T: int, device=None) -> torch.Tensor:
+    """(B, T, T) gold matrices for inputs ``[BOS] + sentence`` cut or padded to T positions, one token
+    per word (word tokenizer): what an oracle model (``depenc.parser=oracle``) reads instead of P."""
+    mats = [sentence_gold_matrix(list(heads), target, max(T, len(heads) + 1))[:T, :T] for heads in heads_list]
+    return torch.stack(mats).to(device)

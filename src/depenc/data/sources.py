@@ -430,13 +430,17 @@ def synthetic_module():
 
 
 def synthetic_fingerprint() -> str:
-    """Hash of the grammar's source file, so a changed grammar invalidates cached streams."""
+    """Hash of the grammar's source files, so a changed grammar invalidates cached streams."""
     mod = synthetic_module()
-    path = getattr(mod, "__file__", None)
-    if not path or not os.path.exists(path):
-        return ""
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    # the package lists the files that define the corpus (its __init__ only re-exports)
+    paths = list(getattr(mod, "SOURCE_FILES", ())) or [getattr(mod, "__file__", None)]
+    h = hashlib.sha256()
+    for path in paths:
+        if not path or not os.path.exists(path):
+            return ""
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
 
 
 def _synthetic_vocab(mod: Any, scfg: Any, splits: Mapping[str, list[Document]]) -> list[str]:

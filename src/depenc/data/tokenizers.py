@@ -35,16 +35,6 @@ FORMAT_VERSION = 1
 _ASCII_WS = b" \t\n\r\x0b\x0c"  # whitespace bytes for byte-level tokens
 
 
-def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    if isinstance(cfg, Mapping):
-        value = cfg.get(key, default)
-    else:
-        value = getattr(cfg, key, default)
-    return default if value is None else value
-
-
 def _word_indices(pieces: Iterable[str | None]) -> list[int]:
     """Word index of each piece of text; ``None`` marks a special token (index -1).
 
@@ -372,18 +362,14 @@ class BPETokenizer(Tokenizer):
 
 
 def build_tokenizer(
-    kind: str, train_texts: Sequence[str], data_cfg: Any = None, fixed_vocab: Sequence[str] | None = None
+    kind: str, train_texts: Sequence[str], vocab_size: int, min_freq: int = 1, lowercase: bool = False,
+    fixed_vocab: Sequence[str] | None = None,
 ) -> Tokenizer:
-    """Learn a tokenizer of ``kind`` from the training texts only.
-
-    ``data_cfg`` supplies ``vocab_size``, ``min_freq`` and ``lowercase``. ``fixed_vocab`` (word
-    only) fixes the vocabulary to the specials plus exactly these words.
+    """Learn a tokenizer of ``kind`` from the training texts only (``data.vocab_size``, ``data.min_freq``,
+    ``data.lowercase``). ``fixed_vocab`` (word only) fixes the vocabulary to the specials plus exactly these words.
     """
     if kind not in TOKENIZER_KINDS:
         raise ValueError(f"unknown tokenizer {kind!r}: data.tokenizer must be one of {', '.join(TOKENIZER_KINDS)}")
-    vocab_size = int(_cfg_get(data_cfg, "vocab_size", 0))
-    min_freq = int(_cfg_get(data_cfg, "min_freq", 1))
-    lowercase = bool(_cfg_get(data_cfg, "lowercase", False))
     if kind == "word":
         return WordTokenizer.train(train_texts, vocab_size, min_freq, lowercase, fixed_vocab=fixed_vocab)
     if kind == "char":

@@ -33,7 +33,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from depenc.metrics.buckets import bucket_labels, find_bucket
+
 Edge = tuple[int, int]
+
+#: Score sources of a model (DepEnc's parser, the mean of the attention heads, the best head chosen on
+#: another treebank) and the reference trees scored over the same sentences.
+MODEL_SOURCES = ("parser", "attn_mean", "attn_best")
+REFERENCE_SOURCES = ("chain", "random")
+SOURCES = MODEL_SOURCES + REFERENCE_SOURCES
 
 #: Sentence-length buckets in words (inclusive bounds, ``None`` = unbounded).
 LENGTH_BUCKETS: list[tuple[int, int | None]] = [(1, 10), (11, 20), (21, 40), (41, None)]
@@ -42,11 +50,15 @@ ARC_BUCKETS: list[tuple[int, int | None]] = [(1, 1), (2, 2), (3, 4), (5, 8), (9,
 
 __all__ = [
     "ARC_BUCKETS",
+    "ARC_BUCKET_LABELS",
     "LENGTH_BUCKETS",
+    "LENGTH_BUCKET_LABELS",
+    "MODEL_SOURCES",
+    "REFERENCE_SOURCES",
+    "SOURCES",
     "AlignmentAccumulator",
     "EdgeScore",
     "arc_bucket",
-    "bucket_label",
     "chain_edges",
     "gold_edges",
     "left_arc_attachment",
@@ -68,35 +80,18 @@ __all__ = [
 # buckets
 
 
-def bucket_label(bucket: tuple[int, int | None]) -> str:
-    """Label of a bucket: ``"1-10"``, ``"1"`` for a single value, ``">40"`` for an open one."""
-    lo, hi = bucket
-    if hi is None:
-        return f">{lo - 1}"
-    if lo == hi:
-        return str(lo)
-    return f"{lo}-{hi}"
-
-
-LENGTH_BUCKET_LABELS: list[str] = [bucket_label(b) for b in LENGTH_BUCKETS]
-ARC_BUCKET_LABELS: list[str] = [bucket_label(b) for b in ARC_BUCKETS]
-
-
-def _find_bucket(value: int, buckets: Sequence[tuple[int, int | None]]) -> str | None:
-    for lo, hi in buckets:
-        if value >= lo and (hi is None or value <= hi):
-            return bucket_label((lo, hi))
-    return None
+LENGTH_BUCKET_LABELS: list[str] = bucket_labels(LENGTH_BUCKETS)
+ARC_BUCKET_LABELS: list[str] = bucket_labels(ARC_BUCKETS)
 
 
 def length_bucket(n_words: int) -> str | None:
     """Label of the sentence-length bucket of ``n_words`` (``None`` for 0 words)."""
-    return _find_bucket(n_words, LENGTH_BUCKETS)
+    return find_bucket(n_words, LENGTH_BUCKETS)
 
 
 def arc_bucket(arc_length: int) -> str | None:
     """Label of the arc-length bucket of an arc spanning ``arc_length`` words."""
-    return _find_bucket(arc_length, ARC_BUCKETS)
+    return find_bucket(arc_length, ARC_BUCKETS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,25 +210,25 @@ def uuas(pred_edges: Iterable[Edge], gold_edges: Iterable[Edge]) -> float:
 # left-arc attachment
 
 
-def left_relatives(heads: Sequence[int]) -> list[set[int]]:
-    """For each word ``b``, the earlier words ``a < b`` joined to it by a gold arc.
+def left_relatives(heads: Sequence[int]) -> list[list[int]]:
+    """For each word ``b``, the earlier words ``a < b`` joined to it by a gold arc, ascending.
 
     That is ``b``'s head if the head is earlier, plus ``b``'s earlier dependents.
     """
-    rel: list[set[int]] = [set() for _ in heads]
-    for a, b in gold_edges(heads):
-        rel[b].add(a)
+    rel: list[list[int]] = [[] for _ in heads]
+    for a, b in sorted(gold_edges(heads)):
+        rel[b].append(a)
     return rel
 
 
 def _left_arc_counts(
-    choice: Sequence[int], rel: Sequence[set[int]], keep: np.ndarray | None = None
+    choice: Sequence[int], rel: Sequence[Sequence[int]], keep: np.ndarray | None = None
 ) -> tuple[int, int]:
     hits = total = 0
     for b in range(1, len(rel)):
         if keep is not None and not keep[b]:
             continue
-        r = rel[b] if keep is None else {a for a in rel[b] if keep[a]}
+        r = rel[b] if keep is None else [a for a in rel[b] if keep[a]]
         if not r:
             continue
         total += 1
@@ -270,7 +265,7 @@ def left_arc_attachment(scores: np.ndarray, heads: Sequence[int]) -> tuple[int, 
     return _left_arc_counts(_argmax_choice(scores), left_relatives(heads))
 
 
-def next_target_left_arcs(heads: Sequence[int]) -> list[set[int]]:
+def next_target_left_arcs(heads: Sequence[int]) -> list[list[int]]:
     """Targets for ``target=next`` scoring: row ``i`` -> left relatives of word ``i+1`` among 0..i.
 
     Returns ``n - 1`` sets (rows ``0..n-2``); the model at word ``i`` predicts where word ``i+1``

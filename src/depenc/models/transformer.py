@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from depenc.models.attention import AttnContext, CausalSelfAttention, DepBiasAttention, DepMixAttention, cache_append
-from depenc.schema import DepEncConfig, ModelConfig
+from depenc.schema import ModelConfig
 from depenc.models.depenc import DependencyEncoder
 
 
@@ -206,23 +206,26 @@ class Transformer(nn.Module):
         ``eos_id`` stop (padded with eos). Returns (B, T0 + n) ids. With ``use_cache`` a KV cache is used
         while the sequence fits in ``block_size``; beyond it every step recomputes the last ``block_size``
         tokens (positions shift), as ``use_cache=False`` does at every step: the same tokens either way."""
-        finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         block = self.cfg.block_size
         cache = None
         if use_cache and self.supports_cache() and 0 < idx.size(1) <= block:
             cache = self.new_cache(idx.size(0), idx.size(1) + max_new_tokens)
+        alive = torch.arange(idx.size(0), device=idx.device)  # rows still generating: finished ones leave the batch
         for _ in range(max_new_tokens):
             if cache is not None and idx.size(1) > cache.capacity:
                 cache = None  # past the block: recompute on the cropped window
-            context = idx[:, cache.length:] if cache is not None else idx[:, -block:]
-            logits = self(context, cache=cache)["logits"][:, -1, :]  # (B, V)
-            next_id = sample_next(logits, temperature, top_k, top_p, generator)  # (B,)
-            if eos_id is not None:
-                next_id = torch.where(finished, torch.full_like(next_id, eos_id), next_id)
-                finished |= next_id == eos_id
+            context = idx[alive, cache.length:] if cache is not None else idx[alive, -block:]
+            logits = self(context, cache=cache)["logits"][:, -1, :]  # (alive, V)
+            next_id = torch.full_like(idx[:, 0], eos_id if eos_id is not None else 0)
+            next_id[alive] = sample_next(logits, temperature, top_k, top_p, generator)
             idx = torch.cat([idx, next_id.unsqueeze(1)], dim=1)
-            if eos_id is not None and bool(finished.all()):
-                break
+            if eos_id is not None:
+                going = next_id[alive] != eos_id
+                if not bool(going.any()):
+                    break
+                if cache is not None and not bool(going.all()):
+                    cache.select(going)
+                alive = alive[going]
         return idx
 
 

@@ -1,99 +1,20 @@
-"""Embedded English-like probabilistic grammar with exact gold dependency trees.
+"""The grammar: configuration, lexicon, the rule table, and the generator and recogniser built on it.
 
-The default training corpus of the project (DESIGN.md section 5). One rule table drives everything:
-
-* the *generator* samples from it (seeded, ``random.Random``, never global state) and builds the gold
-  dependency tree and the subject-verb agreement records while it generates;
-* the *recogniser* is an Earley parser over the same rules (the weights are dropped), which decides
-  membership (:meth:`Grammar.accepts`) and the first token at which a sequence stops being a valid
-  prefix of some sentence (:meth:`Grammar.first_invalid`).
-
-Language
---------
-Nonterminals are split by number (``NP_sg``/``NP_pl``...), so subject-verb agreement holds in every
-clause: main clauses, subject and object relative clauses, complement clauses, and every conjunct of
-a coordinated verb phrase. Constructions: determiners with number, stacked adjectives, PPs on nouns
-and on intransitive verbs, subject relatives (``the dog that sees the cats runs``), object relatives
-(``the dog that the cats see runs``), sentential complements (``the man says that the dogs run``),
-coordinated VPs (``the dog runs and sees a cat``), pre- and post-verbal adverbs. The first conjunct of
-a coordinated VP contains no clause, so ``and`` + verb can only coordinate with the last finite verb
-before it: every agreement is unambiguous, and the other-number form of any generated verb makes
-the sentence ungrammatical (and the prefix invalid at that verb).
-
-The generator limits embedding depth (``max_depth``: rules that embed a PP, relative clause or
-complement clause are switched off once that many are nested) and sentence length (``max_words``, by
-resampling). The recogniser accepts the *unbounded-depth, unbounded-length closure* of every rule
-with positive weight (in the config or its ``test_long`` variant): a superset of what the generator
-can produce, and the same set whatever the depth limit.
-
-Dependency conventions (UD-style; each rule names its head child and the labels of the others)
------------------------------------------------------------------------------------------------
-* ``det``/``amod``: determiner and adjectives -> their noun;
-* ``nsubj``/``obj``: subject and object nouns -> their verb; ``obl``: a PP's noun -> intransitive verb;
-* ``case``: a preposition -> its noun; ``nmod``: that noun -> the noun it modifies;
-* ``acl:relcl``: a relative clause's verb -> the noun it modifies; the relativiser ``that`` -> the
-  relative clause's verb as ``nsubj`` (subject relative) or ``obj`` (object relative);
-* ``ccomp``: a complement clause's verb -> the clause-taking verb; ``mark``: complementiser ``that``
-  -> the complement clause's verb;
-* ``conj``: the second conjunct verb -> the first; ``cc``: ``and`` -> the second conjunct verb;
-* ``advmod``: adverbs -> their verb; ``punct``: the final ``.`` -> the main verb; ``root``: main verb.
-Trees are projective by construction (every rule's yield is contiguous).
-
-Agreement records
------------------
-One per finite verb: ``subject`` is the controlling noun (the clause's subject noun, or for a
-subject relative clause the noun the clause modifies), ``distance`` counts the words strictly
-between the noun and the verb, ``attractors`` the nouns of the other number strictly between them.
-
-Splits
-------
-``train``, ``validation``, ``test``, ``test_long`` use seeds ``seed * 1000 + {0, 1, 2, 3}``. Held-out
-splits are made disjoint from train and from each other: a held-out sentence whose token string
-already occurs in an earlier split (order train, validation, test, test_long) is dropped and
-sampling continues until the split has its size. Only 4-word sentences (``the dog runs .``) ever
-collide: about 4% of held-out draws at the defaults, so held-out splits slightly under-represent
-them. Splits are prefix-stable: with the earlier splits' sizes fixed, a larger ``n_<split>`` gives
-the same first sentences (so ``--n`` in the CLI just takes a prefix). ``test_long`` samples from
-a recursion-heavy variant of the grammar and keeps only sentences with at least one agreement record
-at distance >= ``long_min_distance``.
-
-CLI: ``python -m depenc.data.synthetic {export,pairs,check,stats} ...`` (see ``--help``).
+One rule table (:func:`build_rules`) drives everything: the generator samples from it (seeded,
+``random.Random``, never global state) and builds the gold dependency tree and the agreement records
+while it generates; the recogniser is an Earley parser over the same rules with the weights dropped;
+:mod:`depenc.data.synthetic.exact` computes the generator's exact probabilities from the same rules.
+The language and the annotation conventions are described in :mod:`depenc.data.synthetic`.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
-import json
+import math
 import random
-import sys
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
-
-__all__ = [
-    "SyntheticConfig",
-    "Agreement",
-    "Sentence",
-    "MinimalPair",
-    "Rule",
-    "Grammar",
-    "LEXICON",
-    "SPLITS",
-    "build_rules",
-    "get_grammar",
-    "accepts",
-    "first_invalid",
-    "vocabulary",
-    "make_split",
-    "minimal_pairs",
-    "chain_uuas",
-    "split_stats",
-    "undirected_edges",
-    "to_conllu",
-    "main",
-]
+from typing import Sequence
 
 SPLITS = ("train", "validation", "test", "test_long")
 NUMBERS = ("sg", "pl")
@@ -209,6 +130,9 @@ class Sentence:
     deprels: list[str]
     agreement: list[Agreement]
     tags: list[str] = field(default_factory=list)  # lexical category per token (e.g. 'N_pl')
+    # embedding depth per token: how many embedded phrases (PP, relative or complement clause)
+    # contain the word, i.e. the generator's depth counter at the rule that emitted it
+    depths: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -597,9 +521,9 @@ class Grammar:
                 # compiled rule: (children, head, labels, agree, embeds); a child is
                 # (is_terminal, symbol, words)
                 kids = tuple((s in LEXICON, s, LEXICON.get(s, ())) for s in r.rhs)
-                out.append((acc, (kids, r.head, r.labels, r.agree, r.embeds)))
+                out.append((acc, (kids, r.head, r.labels, r.agree, r.embeds), r.weight / total))
             if out:  # guard against rounding: the last threshold is exactly 1
-                out[-1] = (2.0, out[-1][1])
+                out[-1] = (2.0, *out[-1][1:])
             return tuple(out)
 
         self._gen_free: dict[str, tuple] = {}
@@ -612,10 +536,16 @@ class Grammar:
             self._gen_free[a] = free
             self._gen_limited[a] = limited or free
 
-    def sample(self, rng: random.Random) -> Sentence:
-        """One sentence with its gold tree and agreement records (resampled above max_words)."""
+    def sample(self, rng: random.Random, trace: list[float] | None = None) -> Sentence:
+        """One sentence with its gold tree and agreement records (resampled above max_words).
+
+        ``trace`` (tests): filled with the log-probability of every rule and word choice of the
+        returned sentence's derivation (a word's probability counts its lexicon multiplicity).
+        """
         while True:
-            s = self._sample_once(rng)
+            if trace is not None:
+                trace.clear()
+            s = self._sample_once(rng, trace)
             if len(s.tokens) <= self.cfg.max_words:
                 return s
 
@@ -623,12 +553,13 @@ class Grammar:
         rng = random.Random(seed)
         return [self.sample(rng) for _ in range(n)]
 
-    def _sample_once(self, rng: random.Random) -> Sentence:
+    def _sample_once(self, rng: random.Random, trace: list[float] | None = None) -> Sentence:
         rand = rng.random
         free, limited = self._gen_free, self._gen_limited
         max_depth = self.cfg.max_depth
         tokens: list[str] = []
         tags: list[str] = []
+        depths: list[int] = []
         heads: list[int] = []
         deprels: list[str] = []
         records: list[tuple[int, int]] = []  # (subject, verb)
@@ -638,9 +569,11 @@ class Grammar:
             # returns (head position, finite verbs waiting for a controller)
             opts = free[sym] if depth < max_depth else limited[sym]
             r = rand()
-            for thr, rule in opts:
+            for thr, rule, prob in opts:
                 if r < thr:
                     break
+            if trace is not None:
+                trace.append(math.log(prob))
             kids, head, labels, agree, embeds = rule
             d = depth + 1 if embeds else depth
             pos: list[int] = []
@@ -648,8 +581,12 @@ class Grammar:
             for is_term, s, words in kids:
                 if is_term:
                     p = len(tokens)
-                    tokens.append(words[int(rand() * len(words))])
+                    w = words[int(rand() * len(words))]
+                    if trace is not None:
+                        trace.append(math.log(words.count(w) / len(words)))
+                    tokens.append(w)
                     tags.append(s)
+                    depths.append(depth)
                     heads.append(0)
                     deprels.append("")
                     pos.append(p)
@@ -688,7 +625,7 @@ class Grammar:
             attr = sum(1 for t in tags[lo + 1:hi] if t == other)
             agreement.append(Agreement(subj, v, number, hi - lo - 1, attr))
         agreement.sort(key=lambda a: a.verb)
-        return Sentence(tokens, heads, deprels, agreement, tags)
+        return Sentence(tokens, heads, deprels, agreement, tags, depths)
 
     # ---------------------------------------------------------------- recogniser
     def check(self, tokens: Sequence[str]) -> tuple[int | None, bool]:
@@ -742,251 +679,3 @@ def first_invalid(tokens: Sequence[str], cfg: SyntheticConfig | None = None) -> 
 def vocabulary(cfg: SyntheticConfig | None = None) -> list[str]:
     return get_grammar(cfg or SyntheticConfig()).vocabulary()
 
-
-# --------------------------------------------------------------------------------------------------
-# Splits
-# --------------------------------------------------------------------------------------------------
-
-
-def _split_seed(cfg: SyntheticConfig, split: str) -> int:
-    return cfg.seed * 1000 + SPLITS.index(split)
-
-
-@functools.lru_cache(maxsize=32)
-def _split_keys(cfg: SyntheticConfig, split: str) -> frozenset[str]:
-    return frozenset(s.text for s in make_split(cfg, split))
-
-
-@functools.lru_cache(maxsize=32)
-def make_split(cfg: SyntheticConfig, split: str) -> list[Sentence]:
-    """The sentences of one split (cached per (cfg, split): treat the result as read-only)."""
-    _check_split(split)
-    n = cfg.split_size(split)
-    rng = random.Random(_split_seed(cfg, split))
-    if split == "train":
-        return get_grammar(cfg).generate(n, _split_seed(cfg, split))
-    earlier = SPLITS[:SPLITS.index(split)]
-    taken = [_split_keys(cfg, s) for s in earlier]
-    if split == "test_long":
-        grammar = get_grammar(cfg.long_variant())
-        min_dist = cfg.long_min_distance
-    else:
-        grammar = get_grammar(cfg)
-        min_dist = None
-    out: list[Sentence] = []
-    while len(out) < n:
-        s = grammar.sample(rng)
-        if min_dist is not None and not any(a.distance >= min_dist for a in s.agreement):
-            continue
-        text = s.text
-        if any(text in t for t in taken):
-            continue
-        out.append(s)
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Minimal pairs
-# --------------------------------------------------------------------------------------------------
-
-
-def minimal_pairs(sentences: Iterable[Sentence], cfg: SyntheticConfig | None = None,
-                  strict: bool = True) -> list[MinimalPair]:
-    """One pair per agreement record: the sentence with the verb in the other number.
-
-    A pair is kept only if the bad sentence is rejected by the recogniser; with ``strict`` (the
-    default) the bad verb must be the first invalid token, i.e. already ``prefix + [bad]`` is no
-    valid prefix. With these rules no record is dropped (the tests check it); the filter guards
-    against rule changes that make some wrong form grammatical under another attachment.
-    """
-    g = get_grammar(cfg or SyntheticConfig())
-    out: list[MinimalPair] = []
-    for s in sentences:
-        for a in s.agreement:
-            v = a.verb
-            good = s.tokens[v]
-            bad = g.other_form(good)
-            bad_sentence = list(s.tokens)
-            bad_sentence[v] = bad
-            fi, ok = g.check(bad_sentence)
-            if ok or (strict and fi != v):
-                continue
-            out.append(MinimalPair(list(s.tokens[:v]), good, bad, a.distance, a.attractors,
-                                   list(s.tokens), bad_sentence, a.number, v))
-    return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Tree utilities, CoNLL-U, statistics
-# --------------------------------------------------------------------------------------------------
-
-
-def undirected_edges(heads: Sequence[int]) -> set[frozenset[int]]:
-    """Gold edges as unordered 0-based pairs (the root attachment is not an edge)."""
-    return {frozenset((i, h - 1)) for i, h in enumerate(heads) if h > 0}
-
-
-def chain_uuas(sentences: Iterable[Sentence]) -> float:
-    """UUAS of the adjacent-word chain: shared undirected edges / gold edges, over a corpus."""
-    shared = total = 0
-    for s in sentences:
-        gold = undirected_edges(s.heads)
-        total += len(gold)
-        shared += sum(1 for i in range(len(s.tokens) - 1) if frozenset((i, i + 1)) in gold)
-    return shared / max(total, 1)
-
-
-def _lemma(word: str, tag: str) -> str:
-    if tag == "N_pl":
-        return LEXICON["N_sg"][LEXICON["N_pl"].index(word)]
-    if tag in _VERB_CATS:
-        return LEXICON[tag[:2] + "_pl"][LEXICON[tag].index(word)]
-    return word
-
-
-def to_conllu(s: Sentence, sent_id: str | None = None) -> str:
-    """A CoNLL-U block (ending with a blank line); agreement records in the verb's MISC."""
-    by_verb = {a.verb: a for a in s.agreement}
-    lines = []
-    if sent_id is not None:
-        lines.append(f"# sent_id = {sent_id}")
-    lines.append(f"# text = {s.text}")
-    for i, (w, h, rel) in enumerate(zip(s.tokens, s.heads, s.deprels)):
-        tag = s.tags[i] if s.tags else "_"
-        base = tag.split("_")[0]
-        upos = _UPOS.get(base, "_")
-        feats = "_"
-        if tag.endswith("_sg"):
-            feats = "Number=Sing"
-        elif tag.endswith("_pl"):
-            feats = "Number=Plur"
-        lemma = _lemma(w, tag) if s.tags else "_"
-        misc = "_"
-        a = by_verb.get(i)
-        if a is not None:
-            misc = (f"Agree=subj:{a.subject + 1}|Number={'Sing' if a.number == 'sg' else 'Plur'}"
-                    f"|Dist={a.distance}|Attr={a.attractors}")
-        lines.append("\t".join((str(i + 1), w, lemma, upos, tag, feats, str(h), rel, "_", misc)))
-    return "\n".join(lines) + "\n\n"
-
-
-def _bucket(d: int) -> str:
-    for lo, hi, name in ((0, 0, "0"), (1, 2, "1-2"), (3, 5, "3-5"), (6, 12, "6-12")):
-        if lo <= d <= hi:
-            return name
-    return ">12"
-
-
-def split_stats(sentences: Sequence[Sentence]) -> dict:
-    lengths = [len(s.tokens) for s in sentences]
-    n = max(len(lengths), 1)
-    dist = Counter(_bucket(a.distance) for s in sentences for a in s.agreement)
-    attr = Counter(min(a.attractors, 4) for s in sentences for a in s.agreement
-                   if a.distance > 12)
-    return {
-        "sentences": len(sentences),
-        "tokens": sum(lengths),
-        "mean_words": sum(lengths) / n,
-        "max_words": max(lengths, default=0),
-        "share_gt20": sum(l > 20 for l in lengths) / n,
-        "share_gt40": sum(l > 40 for l in lengths) / n,
-        "agreement_records": sum(dist.values()),
-        "agreement_distance": {k: dist.get(k, 0) for k in ("0", "1-2", "3-5", "6-12", ">12")},
-        "attractors_at_distance_gt12": {("4+" if k == 4 else str(k)): v
-                                        for k, v in sorted(attr.items())},
-        "chain_uuas": chain_uuas(sentences),
-    }
-
-
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def _coerce(key: str, value: str):
-    types = {f.name: f.type for f in dataclasses.fields(SyntheticConfig)}
-    if key not in types:
-        raise ValueError(f"unknown SyntheticConfig key: {key}")
-    t = str(types[key])
-    return int(value) if "int" in t else float(value)
-
-
-def _cfg_from_args(args: argparse.Namespace) -> SyntheticConfig:
-    d: dict = {}
-    for kv in args.set or ():
-        if "=" not in kv:
-            raise SystemExit(f"--set expects KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1)
-        d[k.strip()] = _coerce(k.strip(), v.strip())
-    if getattr(args, "seed", None) is not None:
-        d["seed"] = args.seed
-    cfg = SyntheticConfig.from_dict(d)
-    n = getattr(args, "n", None)
-    if n is not None:  # splits are prefix-stable, so this just takes the first n
-        cfg = dataclasses.replace(cfg, **{f"n_{args.split}": n})
-    return cfg
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m depenc.data.synthetic", description=__doc__
-                                 .split("\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    def common(p: argparse.ArgumentParser, split: bool = True, n: bool = True) -> None:
-        if split:
-            p.add_argument("--split", default="test", choices=SPLITS)
-        if n:
-            p.add_argument("--n", type=int, default=None, help="number of sentences")
-        p.add_argument("--seed", type=int, default=None)
-        p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                       help="override a SyntheticConfig field (repeatable)")
-
-    p = sub.add_parser("export", help="write a split as CoNLL-U")
-    common(p)
-    p.add_argument("--out", required=True)
-    p = sub.add_parser("pairs", help="write agreement minimal pairs as JSONL")
-    common(p)
-    p.add_argument("--out", required=True)
-    p = sub.add_parser("check", help="recognise one sentence per line: OK or BAD <index>")
-    common(p, split=False, n=False)
-    p.add_argument("file")
-    p = sub.add_parser("stats", help="print statistics of a split")
-    common(p)
-    p.set_defaults(split="train")
-    args = ap.parse_args(argv)
-    cfg = _cfg_from_args(args)
-
-    if args.cmd == "export":
-        sents = make_split(cfg, args.split)
-        with open(args.out, "w", encoding="utf-8") as f:
-            for i, s in enumerate(sents):
-                f.write(to_conllu(s, f"{args.split}-{i}"))
-        print(f"wrote {len(sents)} sentences to {args.out}")
-    elif args.cmd == "pairs":
-        sents = make_split(cfg, args.split)
-        pairs = minimal_pairs(sents, cfg)
-        with open(args.out, "w", encoding="utf-8") as f:
-            for p_ in pairs:
-                f.write(json.dumps({"good": " ".join(p_.good_sentence),
-                                    "bad": " ".join(p_.bad_sentence),
-                                    "distance": p_.distance, "attractors": p_.attractors,
-                                    "prefix": " ".join(p_.prefix), "good_verb": p_.good,
-                                    "bad_verb": p_.bad, "number": p_.number}) + "\n")
-        print(f"wrote {len(pairs)} pairs from {len(sents)} sentences to {args.out}",
-              file=sys.stderr)
-    elif args.cmd == "check":
-        g = get_grammar(cfg)
-        with open(args.file, encoding="utf-8") as f:
-            for line in f:
-                toks = line.split()
-                fi, ok = g.check(toks)
-                print("OK" if ok else f"BAD {len(toks) if fi is None else fi}")
-    elif args.cmd == "stats":
-        sents = make_split(cfg, args.split)
-        for k, v in split_stats(sents).items():
-            print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
