@@ -24,6 +24,12 @@ def tiny_overrides(tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
+# For tests about training itself, not the evaluation callbacks (each costs ~1 s per validation).
+NO_CALLBACKS = [f"callbacks.{name}.enabled=false" for name in ("alignment", "generation", "agreement", "excess")]
+# The README's front door: the callbacks run, but only once, at the end of training.
+CALLBACKS_AT_END = [f"callbacks.{name}.every_n_val=0" for name in ("alignment", "generation", "agreement", "excess")]
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
@@ -44,6 +50,7 @@ TINY_COMPARE_ARGS = [
     "callbacks.generation.every_n_val=0", "callbacks.generation.n_samples=6",
     "callbacks.generation.n_reference=60", "callbacks.generation.max_new_tokens=24",
     "callbacks.agreement.every_n_val=0", "callbacks.agreement.max_pairs=40", "callbacks.agreement.n_bootstrap=50",
+    "callbacks.excess.every_n_val=0",
 ]
 
 

@@ -73,7 +73,9 @@ def test_score_gives_sentence_logprobs(run, tmp_path, capsys):
     rc, out, _ = call(capsys, "score", "--ckpt", run["ckpt"], "--input", inp)
     assert rc == 0
     rows = [json.loads(line) for line in out.splitlines()]
-    assert [r["text"] for r in rows] == sents + [long]  # blank lines are not sentences
+    assert [r["text"] for r in rows] == sents + ["", long]  # one row per input line
+    assert rows[3] == {"text": "", "logprob": None, "n_tokens": 0, "reason": "empty line"}
+    rows = rows[:3] + rows[4:]
     assert all(r["n_tokens"] == len(r["text"].split()) + 1 and r["logprob"] < 0 for r in rows)
     assert rows[-1].get("windowed") and not rows[0].get("windowed")
     # direct computation for the first sentence: [eos] + tokens -> tokens + [eos]

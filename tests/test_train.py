@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, tiny_overrides
+from conftest import CALLBACKS_AT_END, NO_CALLBACKS, REPO, tiny_overrides
 from depenc.train import main
 
 RUN_FILES = ["config.yaml", "run.json", "metrics.csv", "summary.json", "tokenizer.json",
@@ -34,7 +34,7 @@ def steps_in_metrics(run_dir: Path) -> list[int]:
 def test_make_train_debug_writes_the_run_folder(tmp_path):
     if not (REPO / ".venv" / ".installed").is_file():
         pytest.skip("`make train` needs the project's .venv (created by `make setup` / `make test`)")
-    args = " ".join(tiny_overrides(tmp_path))
+    args = " ".join(tiny_overrides(tmp_path, *CALLBACKS_AT_END))
     proc = subprocess.run(["make", "-s", "train", "EXP=debug", f"ARGS={args}"], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -60,17 +60,17 @@ def test_make_train_debug_writes_the_run_folder(tmp_path):
 
 def test_loss_falls_for_both_models(tmp_path):
     for kind in ("baseline", "depenc"):
-        assert main(["debug", *tiny_overrides(tmp_path / kind, f"model.kind={kind}", "trainer.max_steps=60",
-                                              "trainer.val_check_interval=60", "trainer.test_at_end=false")]) == 0
+        assert main(["debug", *tiny_overrides(tmp_path / kind, f"model.kind={kind}", "trainer.max_steps=30", *NO_CALLBACKS,
+                                              "trainer.val_check_interval=30", "trainer.test_at_end=false")]) == 0
         with open(only_run_dir(tmp_path / kind) / "metrics.csv", newline="") as f:
             losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
         assert losses[-1] < losses[0] - 0.5, (kind, losses)
 
 
 def test_resume_continues_step_count_and_run(tmp_path):
-    assert main(["debug", *tiny_overrides(tmp_path, "trainer.max_steps=10", "trainer.test_at_end=false")]) == 0
+    assert main(["debug", *tiny_overrides(tmp_path, "trainer.max_steps=10", "trainer.test_at_end=false", *NO_CALLBACKS)]) == 0
     run_dir = only_run_dir(tmp_path)
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 10
     wandb_id = json.loads((run_dir / "run.json").read_text())["wandb_id"]
     assert main(["--resume", str(run_dir), "trainer.max_steps=20"]) == 0
@@ -91,7 +91,7 @@ def test_resume_rejects_a_folder_without_checkpoint(tmp_path, capsys):
 
 def test_wandb_offline_run_holds_the_metric_keys(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    overrides = [o for o in tiny_overrides(tmp_path) if not o.startswith("logger.wandb")]
+    overrides = [o for o in tiny_overrides(tmp_path, *NO_CALLBACKS) if not o.startswith("logger.wandb")]
     assert main(["debug", *overrides, "logger.wandb.mode=offline"]) == 0
     run_dir = only_run_dir(tmp_path)
     wandb_id = json.loads((run_dir / "run.json").read_text())["wandb_id"]
@@ -155,7 +155,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     run_dir = last.parents[1]
-    step_at_kill = torch.load(last, weights_only=False)["global_step"]
+    step_at_kill = torch.load(last, weights_only=True)["global_step"]
     assert 0 < step_at_kill < 400
     assert main(["--resume", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())

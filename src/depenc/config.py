@@ -11,6 +11,7 @@ import functools
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -45,6 +46,11 @@ def _flat_keys(node: Any, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict) and dotted not in FREE_FORM:
             out.update(_flat_keys(value, dotted))
     return out
+
+
+def leaf_values(cfg: Any) -> dict[str, Any]:
+    """Dotted key -> value of every leaf of ``cfg`` (free-form sections and lists as one value)."""
+    return {k: v for k, v in _flat_keys(cfg).items() if not isinstance(v, dict) or k in FREE_FORM}
 
 
 @functools.lru_cache(maxsize=1)
@@ -95,7 +101,11 @@ def merge_checked(layers: Iterable[tuple[Any, str]]) -> DictConfig:
 def load_yaml(path: Path, source: str) -> DictConfig:
     try:
         loaded = OmegaConf.load(path)
-    except Exception as exc:  # YAML syntax errors, duplicate keys: the first line says where
+    except yaml.MarkedYAMLError as exc:  # syntax errors, duplicate keys, tabs: name the line
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}, line {mark.line + 1}, column {mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: invalid YAML: {exc.problem or exc.context}") from None
+    except Exception as exc:  # anything else yaml or omegaconf raise: the first line
         raise ConfigError(f"{source}: not a valid YAML mapping: {str(exc).splitlines()[0]}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{source}: expected a mapping of config keys at the top level, got a list")
@@ -144,8 +154,41 @@ def _experiment_layers(exp: str, root: Path, seen: tuple = ()) -> list[tuple[Dic
     return [*(_experiment_layers(parent, root, (*seen, exp)) if parent else []), (delta, source)]
 
 
-POSITIVE = ("model.n_layer", "model.n_head", "model.n_embd", "data.block_size", "data.batch_size",
-            "trainer.val_check_interval", "trainer.checkpoint_every_n_steps", "trainer.log_every_n_steps", "optim.lr")
+# value ranges (bounds are checked with the config, before any work)
+POSITIVE = ("model.n_layer", "model.n_head", "model.n_embd", "data.block_size", "data.batch_size", "data.vocab_size",
+            "data.min_freq", "trainer.val_check_interval", "trainer.checkpoint_every_n_steps",
+            "trainer.log_every_n_steps", "trainer.num_nodes", "optim.lr", "data.synthetic.n_train",
+            "data.synthetic.n_validation", "data.synthetic.max_depth", "data.synthetic.max_words",
+            "callbacks.alignment.batch_size", "callbacks.generation.batch_size", "callbacks.agreement.batch_size",
+            "callbacks.excess.batch_size")
+NONNEGATIVE = ("model.mlp_hidden", "data.num_workers", "data.max_train_docs", "optim.weight_decay", "optim.warmup_steps",
+               "optim.grad_clip", "optim.encoder_lr_mult", "trainer.log_encoder_every", "data.synthetic.n_test",
+               "data.synthetic.n_test_long", "callbacks.generation.temperature", "callbacks.generation.top_k",
+               "callbacks.generation.max_new_tokens", "callbacks.generation.n_samples",
+               "callbacks.agreement.n_bootstrap", "callbacks.efficiency.log_every_n_steps",
+               *(f"callbacks.{c}.every_n_val" for c in ("alignment", "generation", "agreement", "excess")))
+PROBABILITY = ("model.dropout", "optim.min_lr_ratio")  # in [0, 1]; so are data.synthetic's p_* and long_p_*
+RANGES = {"positive": (lambda v: v > 0, "positive"), "nonnegative": (lambda v: v >= 0, ">= 0"),
+          "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"), "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+          "beta": (lambda v: 0 <= v < 1, "in [0, 1)")}
+
+
+def range_problem(value: Any, kind: str) -> str | None:
+    """None when ``value`` lies in the range ``kind`` (a key of RANGES), else what it must be."""
+    ok, says = RANGES[kind]
+    return None if isinstance(value, (int, float)) and not isinstance(value, bool) and ok(value) else f"must be {says}"
+
+
+def _range_checks(cfg: DictConfig) -> list[tuple[str, str]]:
+    """(dotted key, range kind) of every bounded value of ``cfg``."""
+    checks = [(k, "positive") for k in POSITIVE] + [(k, "nonnegative") for k in NONNEGATIVE]
+    checks += [(k, "probability") for k in PROBABILITY] + [("callbacks.generation.top_p", "top_p")]
+    checks += [(f"data.synthetic.{k}", "probability") for k in cfg.data.synthetic if k.startswith(("p_", "long_p_"))]
+    checks += [(f"data.synthetic.{k}", "nonnegative") for k in cfg.data.synthetic if k.startswith("w_")]
+    checks += [(f"optim.betas.{i}", "beta") for i in range(len(cfg.optim.betas))]
+    for key in ("trainer.limit_val_batches", "trainer.limit_test_batches"):  # a share (float) or a number (int)
+        checks.append((key, "probability" if isinstance(OmegaConf.select(cfg, key), float) else "nonnegative"))
+    return checks
 
 
 def validate(cfg: DictConfig) -> None:
@@ -154,9 +197,10 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(choices)}, got {value!r}")
-    for key in POSITIVE:
-        if not OmegaConf.select(cfg, key) > 0:
-            raise ConfigError(f"config key '{key}' must be positive, got {OmegaConf.select(cfg, key)!r}")
+    for key, kind in _range_checks(cfg):
+        value = OmegaConf.select(cfg, key)
+        if problem := range_problem(value, kind):
+            raise ConfigError(f"config key '{key}' {problem}, got {value!r}")
     m = cfg.model
     if m.n_embd % m.n_head:
         raise ConfigError(f"model.n_embd={m.n_embd} must be divisible by model.n_head={m.n_head}")

@@ -2,9 +2,10 @@
 
 * ``ppl --text FILE``: token perplexity, bits per byte and word perplexity of a text file (one
   document per non-empty line, documents joined with ``<eos>`` as in training, non-overlapping blocks
-  of the model's context). Prints one JSON object.
-* ``score --input FILE``: one JSON line per non-empty input line: ``{"text", "logprob", "n_tokens"}``,
-  the total log-probability (nats) of the sentence's tokens and the closing ``<eos>`` given ``[<eos>]``.
+  of the model's context), and the share of ``<unk>`` tokens (a warning above 5%). Prints one JSON object.
+* ``score --input FILE``: one JSON line per input line: ``{"text", "logprob", "n_tokens"}``,
+  the total log-probability (nats) of the sentence's tokens and the closing ``<eos>`` given ``[<eos>]``;
+  an empty line gets ``"logprob": null`` and ``"reason": "empty line"``.
 * ``align --treebank FILE [--select FILE] [--max-sentences N]``: dependency alignment (DESIGN 4.2) of
   every source; ``attn_best`` only with ``--select`` (the head is chosen there, never on FILE).
   FILE may be ``synthetic:<split>`` for a run trained on the synthetic grammar. Prints one JSON object.
@@ -39,6 +40,9 @@ from depenc.evaluation.io import to_json
 from depenc.evaluation.likelihood import perplexity, score_sentences
 
 
+UNK_WARN_RATE = 0.05  # evaluate ppl warns when more of the text's tokens than this are <unk>
+
+
 class CLIError(Exception):
     """A problem the user can fix; printed as one line, exit code 2."""
 
@@ -52,11 +56,13 @@ def load_run(ckpt: str, device: str = "auto") -> tuple[Any, torch.nn.Module, Any
     path = Path(ckpt)
     if not path.is_file():
         raise CLIError(f"checkpoint not found: {path} (give a .ckpt file, e.g. runs/<exp>/<run_id>/checkpoints/last.ckpt)")
-    from depenc.lightning import load_lm
+    from depenc.lightning import CheckpointError, load_lm
 
     try:
         lm = load_lm(str(path), map_location="cpu")
-    except Exception as exc:  # a truncated / foreign file
+    except CheckpointError as exc:  # truncated, foreign, or an unsafe pickle: nothing of it ran
+        raise CLIError(str(exc)) from None
+    except Exception as exc:  # a checkpoint of another version
         raise CLIError(f"cannot load checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     model = unwrap_model(lm)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
@@ -82,15 +88,23 @@ def load_run(ckpt: str, device: str = "auto") -> tuple[Any, torch.nn.Module, Any
     return lm, model, tokenizer, run_config
 
 
-def _read_lines(path: str, what: str) -> list[str]:
+def _read_all_lines(path: str, what: str) -> list[str]:
+    """Every line of a UTF-8 text file, stripped, empty ones included."""
     p = Path(path)
+    if p.is_dir():
+        raise CLIError(f"{what} {p} is a folder: give a text file")
     if not p.is_file():
         raise CLIError(f"{what} not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
+        text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise CLIError(f"{what} {p} is not UTF-8 text: {exc}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        raise CLIError(f"{what} {p} is not UTF-8 text: byte {exc.start} (0x{exc.object[exc.start]:02x}) "
+                       "is the first that is not; convert it, e.g. iconv -f latin1 -t utf-8") from None
+    return [line.strip() for line in text.splitlines()]
+
+
+def _read_lines(path: str, what: str) -> list[str]:
+    return [line for line in _read_all_lines(path, what) if line]
 
 
 def _check_model(model) -> None:
@@ -161,15 +175,21 @@ def cmd_ppl(args) -> int:
     if not docs:
         raise CLIError(f"text file {args.text} has no non-empty line")
     out = {"ckpt": args.ckpt, "text": args.text, **perplexity(model, tok, docs, args.batch_size)}
+    if (out["unk_rate"] or 0) > UNK_WARN_RATE:
+        print(f"warning: {out['unk_rate']:.1%} of the tokens of {args.text} are <unk> (not in the run's vocabulary): "
+              "its perplexity says little about the model", file=sys.stderr)
     _emit(out, args.out)
     return 0
 
 
 def cmd_score(args) -> int:
-    lines = _read_lines(args.input, "input file")
+    lines = _read_all_lines(args.input, "input file")
     _, model, tok, _ = _load(args)
     _check_model(model)
-    rows = score_sentences(model, tok, lines, args.batch_size)
+    scored = iter(score_sentences(model, tok, [line for line in lines if line], args.batch_size))
+    # one output line per input line: a caller pairing them is never shifted
+    rows = [next(scored) if line else {"text": line, "logprob": None, "n_tokens": 0, "reason": "empty line"}
+            for line in lines]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
@@ -233,8 +253,6 @@ def cmd_align(args) -> int:
 def cmd_generate(args) -> int:
     from depenc.evaluation.generation import generate_samples, sample_metrics, write_samples
 
-    if args.n < 1:
-        raise CLIError("--n must be at least 1")
     reference = _read_lines(args.reference, "reference file") if args.reference else None
     _, model, tok, run_config = _load(args)
     _check_model(model)
@@ -340,9 +358,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# bounds of the numeric flags (a flag a command does not have is skipped)
+FLAG_RANGES = {"batch_size": "positive", "n": "positive", "temperature": "nonnegative", "top_k": "nonnegative",
+               "top_p": "top_p", "max_new_tokens": "nonnegative", "max_sentences": "nonnegative",
+               "select_max_sentences": "nonnegative", "n_examples": "nonnegative", "max_pairs": "nonnegative"}
+
+
+def check_flags(args) -> None:
+    from depenc.config import range_problem
+
+    for attr, kind in FLAG_RANGES.items():
+        if hasattr(args, attr) and (problem := range_problem(getattr(args, attr), kind)):
+            raise CLIError(f"--{attr.replace('_', '-')} {problem}, got {getattr(args, attr)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        check_flags(args)
         return int(args.func(args) or 0)
     except CLIError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -4,6 +4,7 @@ differ only in the model config they build and in what DepEncLM logs about its e
 from __future__ import annotations
 
 import math
+import pickle
 import re
 
 import lightning as L
@@ -229,8 +230,40 @@ class DepEncLM(LMBase):
 LM_CLASSES = {"baseline": BaselineLM, "baseline_matched": BaselineLM, "depenc": DepEncLM}
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (truncated, foreign, or holding objects other than tensors and
+    plain containers); the message is one line."""
+
+
+def _load_failure(exc: Exception) -> str:
+    """One short phrase for why torch.load failed (its own messages run to several sentences)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, pickle.UnpicklingError):
+        what = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), "an object of unknown type")
+        return f"corrupt, or it holds code or objects other than tensors ({what.rstrip('.')}); nothing of it was run"
+    first = lines[0].split(". ")[0] if lines else type(exc).__name__
+    return f"not a readable checkpoint, truncated or corrupt? ({first[:200]})"
+
+
+def read_checkpoint(ckpt_path: str, map_location: str = "cpu") -> dict:
+    """The checkpoint dict, loaded with ``weights_only=True``: tensors and plain containers only, so a
+    crafted pickle is refused before any of its code runs. A Lightning checkpoint of this project needs
+    nothing allow-listed (hyper_parameters are plain dicts)."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # a truncated or random file, an unsafe pickle
+        raise CheckpointError(f"cannot load checkpoint {ckpt_path}: {_load_failure(exc)}") from None
+    kind = ckpt.get("hyper_parameters", {}).get("kind") if isinstance(ckpt, dict) else None
+    if kind not in LM_CLASSES or "state_dict" not in ckpt:
+        raise CheckpointError(f"cannot load checkpoint {ckpt_path}: not a checkpoint written by depenc.train")
+    return ckpt
+
+
 def load_lm(ckpt_path: str, map_location: str = "cpu") -> LMBase:
-    """Rebuild whichever LightningModule wrote ``ckpt_path``."""
-    ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
-    cls = LM_CLASSES[ckpt["hyper_parameters"]["kind"]]
-    return cls.load_from_checkpoint(ckpt_path, map_location=map_location)
+    """Rebuild whichever LightningModule wrote ``ckpt_path`` (safe loading: see read_checkpoint)."""
+    ckpt = read_checkpoint(ckpt_path, map_location)
+    hparams = ckpt["hyper_parameters"]
+    lm = LM_CLASSES[hparams["kind"]](**hparams)
+    lm.on_load_checkpoint(ckpt)  # parameter names of older checkpoints
+    lm.load_state_dict(ckpt["state_dict"])
+    return lm.to(map_location)

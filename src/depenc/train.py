@@ -21,7 +21,8 @@ import warnings
 
 from omegaconf import DictConfig, OmegaConf
 
-from depenc.config import ConfigError, load_config, load_yaml, merge_checked, parse_overrides, validate
+from depenc.config import (ConfigError, leaf_values, load_config, load_yaml, merge_checked, parse_overrides,
+                           validate)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,14 +171,42 @@ def read_final_metrics(metrics_csv: Path) -> dict[str, float]:
     return final
 
 
+def read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Write a CSV atomically (a kill mid-write leaves the old file)."""
+    keys = sorted({k for r in rows for k in r if k})
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def merged_rows(old_rows: list[dict], new_rows: list[dict]) -> list[dict]:
+    """Rows of an earlier segment up to where a later one took over, then the later one's rows."""
+    first_new_step = min((float(r["step"]) for r in new_rows if r.get("step")), default=float("inf"))
+    return [r for r in old_rows if float(r.get("step") or 0) < first_new_step] + new_rows
+
+
+HISTORY_CSV = "metrics.before_resume.csv"
+
+
 def set_aside_metrics(run_dir: Path) -> Path | None:
-    """Lightning's CSVLogger deletes an existing metrics.csv; keep it aside to merge after a resume."""
-    current = run_dir / "metrics.csv"
-    if not current.is_file():
-        return None
-    previous = run_dir / "metrics.before_resume.csv"
-    current.replace(previous)
-    return previous
+    """Lightning's CSVLogger deletes an existing metrics.csv: fold its rows into metrics.before_resume.csv
+    (which still holds the history of an earlier segment that was killed before merging), to merge back
+    when this segment ends. History is never overwritten, whatever the number of interrupted resumes."""
+    current, previous = run_dir / "metrics.csv", run_dir / HISTORY_CSV
+    if current.is_file():
+        write_rows(previous, merged_rows(read_rows(previous), read_rows(current)))
+        current.unlink()
+    return previous if previous.is_file() else None
 
 
 def merge_metrics(run_dir: Path, previous: Path | None) -> None:
@@ -185,15 +214,7 @@ def merge_metrics(run_dir: Path, previous: Path | None) -> None:
     if previous is None:
         return
     current = run_dir / "metrics.csv"
-    new_rows = list(csv.DictReader(open(current, newline=""))) if current.is_file() else []
-    old_rows = list(csv.DictReader(open(previous, newline="")))
-    first_new_step = min((float(r["step"]) for r in new_rows if r.get("step")), default=float("inf"))
-    rows = [r for r in old_rows if float(r.get("step") or 0) < first_new_step] + new_rows
-    keys = sorted({k for r in rows for k in r if k})
-    with open(current, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_rows(current, merged_rows(read_rows(previous), read_rows(current)))
     previous.unlink()
 
 
@@ -212,6 +233,93 @@ def write_summary(run_dir: Path, lm, trainer, extra: dict) -> dict:
     summary = nan_to_none(dict(sorted(summary.items())))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+# ---- resume: checks before anything is written, and the segments of a run -------------------------
+# What a resume may change: how long and how the run trains, evaluates and logs -- never what it
+# trains (model shape, data and tokenizer, optimiser, seed). Listed in the README (Resuming).
+RESUMABLE = ("trainer.", "logger.", "callbacks.", "run.", "data.cache_dir", "data.num_workers",
+             "model.compile", "model.attention_impl")
+
+
+def check_resume_config(saved: DictConfig, cfg: DictConfig, run_dir: Path) -> None:
+    """ConfigError naming the first key that ``cfg`` changes against the run's own config and that a
+    resume may not change."""
+    old, new = leaf_values(saved), leaf_values(cfg)
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE):
+            raise ConfigError(f"--resume {run_dir}: '{key}' cannot change on a resume ({old.get(key)!r} in the run, "
+                              f"{new.get(key)!r} asked): start a new run for that (a resume may change "
+                              f"{', '.join(k.rstrip('.') for k in RESUMABLE)})")
+
+
+def check_checkpoint_fits(ckpt: dict, lm, ckpt_path: Path) -> None:
+    """CheckpointError unless the checkpoint's weights have exactly the parameters and shapes of ``lm``."""
+    from depenc.lightning import CheckpointError, upgrade_state_dict
+
+    state = dict(ckpt["state_dict"])
+    upgrade_state_dict(state)
+    own = lm.state_dict()
+    for key in sorted(own.keys() | state.keys()):
+        ours, theirs = own.get(key), state.get(key)
+        if ours is None or theirs is None or ours.shape != theirs.shape:
+            def shape(t):
+                return "absent" if t is None else str(tuple(t.shape))
+
+            raise CheckpointError(f"{ckpt_path} does not fit the run's config: '{key}' is {shape(theirs)} in the "
+                                  f"checkpoint, {shape(ours)} in the model (was config.yaml edited?)")
+
+
+def start_segment(run_info: dict, command: str, overrides: list[str]) -> dict:
+    """Append this invocation (a new run or a resume) to run.json's ``segments``."""
+    segments = run_info.setdefault("segments", [])
+    if not segments and run_info.get("wall_time_s"):  # a run folder written before segments were recorded
+        segments.append({"command": " | ".join(run_info["commands"]), "overrides": None,
+                         "wall_time_s": run_info["wall_time_s"], "status": "done"})
+    run_info["commands"].append(command)
+    segment = {"command": command, "overrides": list(overrides), "started": datetime.now().isoformat(timespec="seconds"),
+               "wall_time_s": 0.0, "status": "running"}
+    segments.append(segment)
+    return segment
+
+
+def save_run_info(run_dir: Path, run_info: dict) -> None:
+    """run.json, atomically; ``wall_time_s`` is the sum over the segments."""
+    run_info["wall_time_s"] = round(sum(s["wall_time_s"] for s in run_info.get("segments", [])), 2)
+    tmp = run_dir / "run.json.tmp"
+    tmp.write_text(json.dumps(run_info, indent=2))
+    tmp.replace(run_dir / "run.json")
+
+
+class SegmentClock:
+    """Keeps the current segment's wall time (and status) in run.json, at every checkpoint and at the end,
+    so that a run killed at any moment still adds up its time."""
+
+    def __init__(self, run_dir: Path, run_info: dict, segment: dict, t0: float):
+        self.run_dir, self.run_info, self.segment, self.t0 = run_dir, run_info, segment, t0
+        self.after_fit = False  # set for the checkpoint written after trainer.fit returns
+
+    def save(self, status: str | None = None) -> None:
+        self.segment["wall_time_s"] = round(time.time() - self.t0, 2)
+        if status:
+            self.segment["status"] = status
+        save_run_info(self.run_dir, self.run_info)
+
+
+def segment_clock_callback(clock: SegmentClock):
+    from lightning.pytorch.callbacks import Callback
+
+    class SegmentClockCallback(Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            if clock.after_fit:
+                # Lightning counts a checkpoint as saved inside the loop, before its logging step counter
+                # moved on, and adds one on restore; one saved after fit would resume one step ahead
+                # (a gap in metrics.csv's step column)
+                checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
+            if trainer.is_global_zero:
+                clock.save()
+
+    return SegmentClockCallback()
 
 
 # ---- main -----------------------------------------------------------------------------------
@@ -237,7 +345,9 @@ def resolve_config(args, overrides) -> tuple[DictConfig, Path | None]:
         if args.exp and "=" in args.exp:
             extra.insert(0, args.exp)
         source = f"{run_dir}/config.yaml"
-        cfg = merge_checked([(load_yaml(run_dir / "config.yaml", source), source), (parse_overrides(extra), "command line")])
+        saved = load_yaml(run_dir / "config.yaml", source)
+        cfg = merge_checked([(saved, source), (parse_overrides(extra), "command line")])
+        check_resume_config(merge_checked([(saved, source)]), cfg, run_dir)
         validate(cfg)
         return cfg, run_dir
     return load_config(args.exp, overrides), None
@@ -250,56 +360,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run(cfg, resume_dir, command=" ".join(sys.argv if argv is None else ["depenc.train", *argv]))
+    if args.resume and args.exp and "=" in args.exp:
+        overrides = [args.exp, *overrides]
+    return run(cfg, resume_dir, command=" ".join(sys.argv if argv is None else ["depenc.train", *argv]),
+               overrides=overrides)
 
 
-def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> int:
-    import lightning as L
+def build_lm(cfg: DictConfig, dm, model_dict: dict, fresh: bool):
     import torch
 
-    from depenc.callbacks import build_callbacks
-    from depenc.data.datamodule import LMDataModule
-    from depenc.data.sources import DataUnavailableError
     from depenc.lightning import LM_CLASSES
-
-    t0 = time.time()
-    # the run folder already holds config.yaml; the CSV logger warns about any non-empty folder
-    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
-    L.seed_everything(cfg.seed, workers=True)
-    dm = LMDataModule(cfg.data, seed=cfg.seed)
-    try:
-        dm.setup("fit")
-        model_dict = build_model_config(cfg, dm.tokenizer)
-        if model_dict["kind"] == "depenc" and model_dict["depenc"]["parser"] == "oracle":
-            dm.enable_gold_arcs(model_dict["depenc"]["target"])  # analysis mode: batches carry gold_M
-    except (DataUnavailableError, ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-    # DDP: only rank zero creates and writes the run folder (see new_run_dir); the other ranks read it
-    rank_zero = is_launch_rank_zero()
-    try:
-        run_dir = new_run_dir(cfg) if resume_dir is None else resume_dir
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    ckpt_path = None if resume_dir is None else str(run_dir / "checkpoints" / "last.ckpt")
-    previous_metrics = None
-    if not rank_zero:
-        info_file = run_dir / "run.json"
-        run_info = json.loads(info_file.read_text()) if info_file.is_file() else {"wandb_id": None, "commands": []}
-    elif resume_dir is None:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        run_info = {"exp": cfg.exp, "run_id": run_dir.name, "wandb_id": uuid.uuid4().hex[:12],
-                    "git_commit": git_commit(), "commands": [], "wall_time_s": 0.0}
-    else:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
-        run_info = json.loads((run_dir / "run.json").read_text())
-        previous_metrics = set_aside_metrics(run_dir)
-    if rank_zero:
-        run_info["commands"].append(command)
-        (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
-        dm.save_tokenizer(run_dir)
 
     lm = LM_CLASSES[cfg.model.kind](
         model=model_dict,
@@ -312,22 +382,107 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
         log_encoder_every=cfg.trainer.log_encoder_every,
         run_config=OmegaConf.to_container(cfg, resolve=True),
     )
-    if cfg.model.depenc.embedding_init == "ppmi_svd" and resume_dir is None:
+    if cfg.model.depenc.embedding_init == "ppmi_svd" and fresh:
         from depenc.data.ppmi import ppmi_svd_embeddings
 
         with torch.no_grad():
             lm.model.wte.weight.copy_(ppmi_svd_embeddings(dm.stream("train"), dm.tokenizer.vocab_size, cfg.model.n_embd))
-    if cfg.model.compile:
-        lm.model.compile()  # in place: checkpoints keep the plain parameter names
+    return lm
 
+
+def prepare(cfg: DictConfig, resume_dir: Path | None):
+    """(datamodule, LightningModule): everything that can fail on bad input, before the run folder is
+    touched. On a resume, the checkpoint is loaded (safely) and checked against the model here."""
+    from depenc.data.datamodule import LMDataModule
+    from depenc.lightning import CheckpointError, read_checkpoint
+
+    dm = LMDataModule(cfg.data, seed=cfg.seed)
+    dm.setup("fit")
+    model_dict = build_model_config(cfg, dm.tokenizer)
+    if model_dict["kind"] == "depenc" and model_dict["depenc"]["parser"] == "oracle":
+        dm.enable_gold_arcs(model_dict["depenc"]["target"])  # analysis mode: batches carry gold_M
+    try:
+        lm = build_lm(cfg, dm, model_dict, fresh=resume_dir is None)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if resume_dir is not None:
+        last = resume_dir / "checkpoints" / "last.ckpt"
+        try:
+            check_checkpoint_fits(read_checkpoint(str(last)), lm, last)
+        except CheckpointError as exc:
+            raise ConfigError(f"--resume {resume_dir}: {exc}") from None
+    return dm, lm
+
+
+def open_run_dir(cfg: DictConfig, resume_dir: Path | None, command: str, overrides: list[str]):
+    """(run folder, run.json dict, this segment): the folder created or, on a resume, its config.yaml
+    rewritten with the overrides and its metrics history set aside. Other DDP ranks only read it."""
+    run_dir = new_run_dir(cfg) if resume_dir is None else resume_dir
+    if not is_launch_rank_zero():
+        info_file = run_dir / "run.json"
+        run_info = json.loads(info_file.read_text()) if info_file.is_file() else {"wandb_id": None, "commands": []}
+        return run_dir, run_info, {"wall_time_s": 0.0}
+    if resume_dir is None:
+        run_info = {"exp": cfg.exp, "run_id": run_dir.name, "wandb_id": uuid.uuid4().hex[:12],
+                    "git_commit": git_commit(), "commands": [], "wall_time_s": 0.0}
+    else:
+        run_info = json.loads((run_dir / "run.json").read_text())
+    segment = start_segment(run_info, command, overrides)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    save_run_info(run_dir, run_info)
+    return run_dir, run_info, segment
+
+
+def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "", overrides: list[str] = ()) -> int:
+    import lightning as L
+
+    from depenc.data.sources import DataUnavailableError
+
+    t0 = time.time()
+    # the run folder already holds config.yaml; the CSV logger warns about any non-empty folder
+    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    try:
+        dm, lm = prepare(cfg, resume_dir)
+        run_dir, run_info, segment = open_run_dir(cfg, resume_dir, command, list(overrides))
+    except (DataUnavailableError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    clock = SegmentClock(run_dir, run_info, segment, t0)
+    rank_zero = is_launch_rank_zero()
+    try:
+        previous_metrics = set_aside_metrics(run_dir) if resume_dir is not None and rank_zero else None
+        if rank_zero:
+            dm.save_tokenizer(run_dir)
+        summary = fit(cfg, dm, lm, run_dir, run_info, resume_dir, previous_metrics, clock)
+    except BaseException as exc:  # a crash or Ctrl-C: run.json says so instead of "running"
+        if rank_zero:
+            clock.save("interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {type(exc).__name__}")
+        raise
+    if summary is not None:
+        print(f"run folder: {run_dir}")
+        for key in sorted(k for k in summary if k.endswith("/ppl") or k.endswith("/bpb")):
+            print(f"  {key} = {summary[key]:.4f}" if summary[key] is not None else f"  {key} = n/a")
+    return 0
+
+
+def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path | None,
+        previous_metrics: Path | None, clock: SegmentClock) -> dict | None:
+    """Train (from last.ckpt on a resume), validate and test; rank zero returns the summary."""
+    import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from depenc.callbacks import build_callbacks
+
+    if cfg.model.compile:
+        lm.model.compile()  # in place: checkpoints keep the plain parameter names
     ckpt_dir = str(run_dir / "checkpoints")
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="last-{step}", save_last=True, save_top_k=0,
                         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_on_train_epoch_end=False),
         ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"val/{dm.eval_set_names[0]}/loss", mode="min",
                         save_top_k=1, save_on_train_epoch_end=False, auto_insert_metric_name=False),
+        segment_clock_callback(clock),
         *build_callbacks(cfg, dm, run_dir),
     ]
     t = cfg.trainer
@@ -352,29 +507,27 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "") -> i
         callbacks=callbacks,
         num_sanity_val_steps=0,
     )
-    trainer.fit(lm, datamodule=dm, ckpt_path=ckpt_path)
-    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
+    ckpt_path = None if resume_dir is None else str(run_dir / "checkpoints" / "last.ckpt")
+    trainer.fit(lm, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    clock.after_fit = True
+    trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), weights_only=False)  # = with optimiser state
     if t.val_check_interval and trainer.global_step % t.val_check_interval:
         trainer.validate(lm, datamodule=dm, verbose=False)  # final val/... metrics at the last step
     if t.test_at_end:
         trainer.test(lm, datamodule=dm, verbose=False)
-    if trainer.is_global_zero:
-        for logger in trainer.loggers:
-            logger.finalize("success")
-        merge_metrics(run_dir, previous_metrics)
-        run_info = json.loads((run_dir / "run.json").read_text())
-        run_info["wall_time_s"] = run_info.get("wall_time_s", 0.0) + (time.time() - t0)
-        (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
-        summary = write_summary(run_dir, lm, trainer, {"wall_time_s": round(run_info["wall_time_s"], 2)})
-        import wandb
+    if not trainer.is_global_zero:
+        return None
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    merge_metrics(run_dir, previous_metrics)
+    clock.save("done")
+    summary = write_summary(run_dir, lm, trainer, {"wall_time_s": run_info["wall_time_s"]})
+    import wandb
 
-        if wandb.run is not None:
-            wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-            wandb.finish()
-        print(f"run folder: {run_dir}")
-        for key in sorted(k for k in summary if k.endswith("/ppl") or k.endswith("/bpb")):
-            print(f"  {key} = {summary[key]:.4f}" if summary[key] is not None else f"  {key} = n/a")
-    return 0
+    if wandb.run is not None:
+        wandb.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        wandb.finish()
+    return summary
 
 
 if __name__ == "__main__":

@@ -202,9 +202,17 @@ class LMDataModule(L.LightningDataModule):
         self.cache_path = os.path.join(root, key[:16])
         meta = self._read_cache(self.cache_path, key)
         self.cache_hit = meta is not None
+        if meta is not None:
+            try:
+                self._load_from_cache(self.cache_path, meta)
+            except (OSError, ValueError, KeyError) as exc:  # a truncated or hand-edited file: build it anew
+                log.warning("data: cache %s is damaged (%s); rebuilding it", self.cache_path, str(exc).splitlines()[0])
+                shutil.rmtree(self.cache_path, ignore_errors=True)
+                meta = None
+                self.cache_hit = False
         if meta is None:
             meta = self._build_cache(root, key, payload)
-        self._load_from_cache(self.cache_path, meta)
+            self._load_from_cache(self.cache_path, meta)
         self._check_sizes()
         self.setup_seconds = time.perf_counter() - t0
         self._ready = True

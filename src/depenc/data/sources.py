@@ -134,6 +134,10 @@ def text_files(data_cfg: Mapping[str, Any]) -> dict[str, list[str]]:
             full = _expand(p)
             if not os.path.exists(full):
                 raise DataUnavailableError(f"{key}: file not found: {p!r} (resolved to {full})")
+            if os.path.isdir(full):
+                raise DataUnavailableError(f"{key}: {p!r} is a folder; give text files (a list of paths is fine)")
+            if os.path.getsize(full) == 0:
+                raise DataUnavailableError(f"{key}: {p!r} is empty (0 bytes)")
             resolved[key].append(full)
     return resolved
 
@@ -156,10 +160,36 @@ def files_fingerprint(paths: Sequence[str]) -> list[list]:
 # local files
 
 
+def check_utf8(path: str) -> None:
+    """DataUnavailableError naming the byte offset of the first byte that makes ``path`` not UTF-8
+    text (a NUL byte counts: a binary file); read in 1 MiB chunks."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(1 << 20)
+            pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                at = offset - pending + exc.start
+                raise DataUnavailableError(f"{path} is not UTF-8 text: byte {at} (0x{exc.object[exc.start]:02x}) is the "
+                                           "first that is not; convert it, e.g. iconv -f latin1 -t utf-8") from None
+            if (nul := chunk.find(b"\0")) >= 0:
+                raise DataUnavailableError(f"{path} holds a NUL byte at byte {offset + nul}: a binary file, not text")
+            if not chunk:
+                return
+            offset += len(chunk)
+
+
 def _read_local(paths: Sequence[str], by: str, cache_dir: str | None) -> list[Document]:
     """Documents from local files through datasets' ``text`` builder (one per line, paragraph or file)."""
     if by not in BY_VALUES:
         raise ValueError(f"unknown document unit by={by!r}; expected one of {', '.join(BY_VALUES)}")
+    for path in paths:
+        check_utf8(path)
     import datasets
 
     import datasets.config
@@ -213,7 +243,7 @@ def _holdout(splits: dict[str, list[Document]], origin: str) -> None:
 def _load_text(cfg: dict) -> Corpus:
     tcfg = _section(cfg, "text")
     files = text_files(cfg)
-    by = tcfg.get("by") or "line"
+    by = tcfg["by"]
     splits: dict[str, list[Document]] = {}
     for split in MAIN_SPLITS:
         key = f"data.text.{split}"
@@ -222,7 +252,7 @@ def _load_text(cfg: dict) -> Corpus:
             if not splits[split]:
                 raise ValueError(f"{key}: the files hold no non-empty documents (by={by})")
     _holdout(splits, "data.text")
-    whitespace = bool(tcfg.get("whitespace", False))
+    whitespace = bool(tcfg["whitespace"])
     return Corpus(splits, whitespace_tokenised=whitespace, source="text")
 
 
@@ -244,7 +274,7 @@ def _hf_error(name: str, config: Any, exc: BaseException) -> DataUnavailableErro
 def _load_hf(cfg: dict) -> Corpus:
     hcfg = _section(cfg, "hf")
     name, config = hcfg.get("name"), hcfg.get("config")
-    field_name = hcfg.get("text_field") or "text"
+    field_name = hcfg["text_field"]
     if not name:
         raise ValueError("data.source=hf needs data.hf.name (and data.hf.config where the dataset has configs)")
     import datasets
@@ -407,7 +437,7 @@ def _load_brown(cfg: dict) -> Corpus:
     nltk_data = bcfg.get("nltk_data")
     reader = brown_reader(nltk_data)
     genre = brown_genres(nltk_data, reader)
-    parts = brown_split(genre, bcfg.get("split") or (0.8, 0.1, 0.1), int(bcfg.get("split_seed") or 0))
+    parts = brown_split(genre, bcfg["split"], int(bcfg["split_seed"]))
     splits: dict[str, list[Document]] = {}
     for split, fids in parts.items():
         docs = []
@@ -497,9 +527,12 @@ def eval_set_specs(data_cfg: Any) -> dict[str, dict]:
 
 
 def load_corpus(data_cfg: Any) -> Corpus:
-    """Load every split of the configured source plus the extra evaluation sets."""
-    cfg = to_plain(data_cfg)
-    source = cfg.get("source")
+    """Load every split of the configured source plus the extra evaluation sets (``data_cfg`` may be
+    partial: the schema's defaults fill it in)."""
+    from depenc.data.datamodule import normalise_data_cfg
+
+    cfg = normalise_data_cfg(data_cfg)
+    source = cfg["source"]
     loaders = {"synthetic": _load_synthetic, "text": _load_text, "hf": _load_hf, "brown": _load_brown}
     if source not in loaders:
         raise ValueError(f"unknown data source {source!r}: data.source must be one of {', '.join(SOURCES)}")

@@ -78,10 +78,24 @@ def is_punct(word: str, upos: str | None = None, xpos: str | None = None) -> boo
 
 
 def _check_heads(heads: Sequence[int], where: str) -> None:
+    """ValueError unless ``heads`` (1-based, 0 = root) form one tree: heads in range, exactly one root,
+    no cycle. ``where`` names the sentence."""
     n = len(heads)
     for i, h in enumerate(heads):
         if not 0 <= h <= n or h == i + 1:
             raise ValueError(f"{where}: word {i + 1} has invalid head {h} (sentence of {n} words)")
+    roots = [i + 1 for i, h in enumerate(heads) if h == 0]
+    if len(roots) != 1:
+        which = "no word has head 0" if not roots else f"words {', '.join(map(str, roots))} all have head 0"
+        raise ValueError(f"{where}: not a tree with one root ({which})")
+    for start in range(1, n + 1):  # from every word, following heads must reach the root
+        path, j = [start], heads[start - 1]
+        while j != 0:
+            if j in path:
+                cycle = path[path.index(j):] + [j]
+                raise ValueError(f"{where}: word {start}'s heads form a cycle ({' -> '.join(map(str, cycle))})")
+            path.append(j)
+            j = heads[j - 1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,7 +113,7 @@ def parse_conllu(lines: Iterable[str], source: str = "<conllu>") -> list[Treeban
     def flush(lineno: int) -> None:
         nonlocal words, heads, upos, xpos
         if words:
-            _check_heads(heads, f"{source}, sentence ending line {lineno}")
+            _check_heads(heads, f"{source}, sentence {len(sentences) + 1} (ending line {lineno})")
             sentences.append(TreebankSentence(words, heads, upos, xpos))
         words, heads, upos, xpos = [], [], [], []
 
@@ -157,7 +171,7 @@ def parse_dp(text: str, source: str = "<dp>") -> list[TreebankSentence]:
     def flush(lineno: int) -> None:
         nonlocal words, heads, tags
         if words:
-            _check_heads(heads, f"{source}, sentence ending line {lineno}")
+            _check_heads(heads, f"{source}, sentence {len(sentences) + 1} (ending line {lineno})")
             sentences.append(TreebankSentence(words, heads, None, tags))
         words, heads, tags = [], [], []
 
@@ -247,6 +261,13 @@ def load_treebank(path: str | Path) -> list[TreebankSentence]:
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(_missing_message(path))
+    sentences = _load_any(path)
+    if not sentences:
+        raise ValueError(f"treebank {path} holds no sentences")
+    return sentences
+
+
+def _load_any(path: Path) -> list[TreebankSentence]:
     if path.is_dir():
         if any(path.glob("*.dp")):
             return read_dp(path)

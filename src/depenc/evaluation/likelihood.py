@@ -44,6 +44,9 @@ def perplexity(model, tokenizer, documents: Sequence[str], batch_size: int = 16)
         stream.append(eos)
     blocks = EvalBlocks(np.asarray(stream, dtype=np.int64), int(model.cfg.block_size), pad_id=eos)
     nll, n = nll_of_blocks(model, blocks, batch_size)
+    n_text = len(stream) - len(documents) - 1  # tokens of the documents, without the <eos> separators
+    unk = tokenizer.unk_id
+    n_unk = int(np.count_nonzero(np.asarray(stream) == unk)) if unk is not None else 0
     n_bytes = sum(len(d.encode("utf-8")) for d in documents) + len(documents)
     n_words = sum(len(d.split()) for d in documents) + len(documents)
     mean = nll / n if n else float("nan")
@@ -57,6 +60,8 @@ def perplexity(model, tokenizer, documents: Sequence[str], batch_size: int = 16)
         "n_words": n_words,
         "word_ppl": math.exp(nll / n_words) if n_words else float("nan"),
         "block_size": int(model.cfg.block_size),
+        # share of the documents' tokens that are <unk> (None: the tokenizer has no <unk>, e.g. byte BPE)
+        "unk_rate": n_unk / n_text if unk is not None and n_text else (None if unk is None else 0.0),
     }
 
 
