@@ -35,11 +35,11 @@ $(VENV)/.installed: pyproject.toml
 train: setup ## Train EXP (default depenc_small); ARGS="key=value ..."; RESUME=<run folder> continues a run
 	$(PY) -m depenc.train $(if $(RESUME),--resume $(RESUME),$(EXP)) $(ARGS)
 
-test: setup ## Fast test suite (what CI runs)
-	$(PY) -m pytest -q
+test: setup ## Fast test suite (what CI runs), on 2 worker processes (one per core; a test file stays on one worker)
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-all: setup ## All tests, slow ones included (DDP, kill-and-resume, real corpora)
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -n 2 --dist loadfile -m ""
 
 sweep: setup ## Train every experiment of EXPS with every seed of SEEDS, one after another (ARGS for all; JOBS=N / GPUS=0,1,.. in parallel)
 	$(PY) -m depenc.sweep --exps $(EXPS) --seeds $(SEEDS) $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS)) -- $(ARGS)
