@@ -47,7 +47,7 @@ def check_rank_zero_outputs(run_dir: Path, last_step: int, n_samples: int) -> No
     for path in samples:  # written once, by one rank
         assert len(path.read_text().splitlines()) == n_samples, path
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == last_step
 
 
