@@ -63,6 +63,12 @@ def schema() -> DictConfig:
     return _schema().copy()
 
 
+def with_defaults(section: str, partial: Any) -> dict:
+    """A plain dict of one top-level section (e.g. ``data``): ``partial`` merged into the schema's
+    defaults, types and keys checked (OmegaConf errors are raised as they are)."""
+    return OmegaConf.to_container(OmegaConf.merge(_schema()[section], partial or {}))  # merge copies
+
+
 @functools.lru_cache(maxsize=1)
 def _declared_keys() -> dict[str, Any]:
     return _flat_keys(_schema())
@@ -155,7 +161,7 @@ def _experiment_layers(exp: str, root: Path, seen: tuple = ()) -> list[tuple[Dic
 
 
 # value ranges (bounds are checked with the config, before any work)
-POSITIVE = ("model.n_layer", "model.n_head", "model.n_embd", "data.block_size", "data.batch_size", "data.vocab_size",
+POSITIVE = ("trainer.max_steps", "model.n_layer", "model.n_head", "model.n_embd", "data.block_size", "data.batch_size", "data.vocab_size",
             "data.min_freq", "trainer.val_check_interval", "trainer.checkpoint_every_n_steps",
             "trainer.log_every_n_steps", "trainer.num_nodes", "optim.lr", "data.synthetic.n_train",
             "data.synthetic.n_validation", "data.synthetic.max_depth", "data.synthetic.max_words",
@@ -211,8 +217,6 @@ def validate(cfg: DictConfig) -> None:
         )
     if m.depenc.parser == "oracle" and cfg.data.source != "synthetic":
         raise ConfigError("model.depenc.parser=oracle needs gold trees: use data.source=synthetic")
-    if cfg.trainer.max_steps <= 0:
-        raise ConfigError(f"trainer.max_steps must be positive, got {cfg.trainer.max_steps}")
 
 
 def to_container(cfg: DictConfig) -> dict:

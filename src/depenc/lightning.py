@@ -28,7 +28,10 @@ def upgrade_model_config(model: dict, kind: str) -> dict:
     dep.pop("enabled")
     removed = {k: dep.pop(k) for k in list(dep) if k in STUDY_V1_OPTIONS}
     used = [f"{k}={v}" for k, v in removed.items() if v != STUDY_V1_OPTIONS[k]]
-    used += [f"parser={dep['parser']}"] * (dep.get("parser") == "frontier") + ["parser_layer=0"] * (dep.get("parser_layer") == 0)
+    if dep.get("parser") == "frontier":
+        used.append("parser=frontier")
+    if dep.get("parser_layer") == 0:
+        used.append("parser_layer=0")
     if kind == "depenc" and used:
         raise ValueError(f"this checkpoint uses model.depenc {', '.join(used)}, removed after the tag study-v1; "
                          "evaluate it with that version (git checkout study-v1)")

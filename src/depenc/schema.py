@@ -198,9 +198,15 @@ class LoggerConfig:
 
 
 @dataclass
-class AlignmentCallbackConfig:
+class EvalCallbackConfig:
+    """What every evaluation callback has: whether it runs, and after which validations."""
+
     enabled: bool = True
-    every_n_val: int = 1
+    every_n_val: int = 1  # after every N-th validation (0 = only at the end of training)
+
+
+@dataclass
+class AlignmentCallbackConfig(EvalCallbackConfig):
     synthetic: bool = True
     treebanks: Dict[str, Any] = field(default_factory=dict)  # name: path
     selection: str = "auto"
@@ -214,9 +220,7 @@ class AlignmentCallbackConfig:
 
 
 @dataclass
-class GenerationCallbackConfig:
-    enabled: bool = True
-    every_n_val: int = 1
+class GenerationCallbackConfig(EvalCallbackConfig):
     n_samples: int = 100
     final_n_samples: int = 0
     batch_size: int = 100
@@ -229,9 +233,7 @@ class GenerationCallbackConfig:
 
 
 @dataclass
-class AgreementCallbackConfig:
-    enabled: bool = True
-    every_n_val: int = 1
+class AgreementCallbackConfig(EvalCallbackConfig):
     splits: List[str] = field(default_factory=lambda: ["test", "test_long"])
     max_pairs: int = 1000
     final_max_pairs: int = 0
@@ -241,9 +243,7 @@ class AgreementCallbackConfig:
 
 
 @dataclass
-class ExcessCallbackConfig:
-    enabled: bool = True
-    every_n_val: int = 1
+class ExcessCallbackConfig(EvalCallbackConfig):
     splits: List[str] = field(default_factory=lambda: ["validation", "test", "test_long"])
     reference: str = field(default="train", metadata=choices("train", "own"))
     max_sentences: int = 200

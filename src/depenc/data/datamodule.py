@@ -52,13 +52,12 @@ _NOT_HASHED = ("batch_size", "num_workers", "block_size", "cache_dir")
 def normalise_data_cfg(data_cfg: Any) -> dict:
     """Plain dict with every key present: ``data_cfg`` (possibly partial) merged into the schema's
     defaults (:class:`depenc.schema.DataConfig`), so its types and choices are checked."""
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from depenc.schema import DataConfig
+    from depenc.config import with_defaults
 
     try:
-        cfg = OmegaConf.to_container(OmegaConf.merge(OmegaConf.structured(DataConfig), to_plain(data_cfg) or {}))
+        cfg = with_defaults("data", to_plain(data_cfg))
     except OmegaConfBaseException as exc:
         raise ValueError(f"data config: {str(exc).splitlines()[0]}") from None
     if cfg["source"] not in sources.SOURCES:

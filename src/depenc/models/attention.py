@@ -1,5 +1,6 @@
-"""Causal self-attention: the plain form and the two dependency-weighted forms (DESIGN 3.3), and the
-backends of attention with an additive bias, one chosen when the model is built (``attention_impl``).
+"""Causal self-attention: the plain form and the two dependency-weighted forms (DESIGN 3.3). Attention
+with an additive bias goes through one backend of :mod:`depenc.kernels`, chosen when the model is built
+(``attention_impl``).
 
 Every form attends query rows ``start..L-1`` to key positions ``0..L-1``: training is the square case
 (start 0), cached decoding the new rows only; the keys and values of earlier rows come from the cache.

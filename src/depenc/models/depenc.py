@@ -31,7 +31,7 @@ class Arcs:
     """What the encoder hands the blocks above it (rows start..L-1 of the soft left-arc matrix)."""
 
     M: torch.Tensor  # (B, Tn, L) g * P
-    log_M: torch.Tensor  # (B, 1, Tn, L) log(M + eps): the bias form's term, built once per forward
+    log_M: torch.Tensor | None  # (B, 1, Tn, L) log(M + eps): the bias form's term, built once per forward
     P: torch.Tensor | None  # (B, Tn, L) the arc distribution (analysis only; 0 on rows without candidates)
     g: torch.Tensor  # (B, Tn) the gate
     has_cand: torch.Tensor  # (B, Tn) bool: the row has a candidate
@@ -68,10 +68,11 @@ class DistanceParser(nn.Module):
         B, Tn, _ = hn.shape
         return dist.expand(B, Tn, dist.size(-1)).clone()  # a fresh tensor: masked in place
 
-    def forward(self, hn, dist, blocked, gate: nn.Linear, cache=None, gold_M=None):
-        """(M, P, g) rows from the states hn (B, Tn, C), the distance term (Tn, L), the blocked candidates."""
+    def forward(self, hn, dist, blocked, has_cand, gate: nn.Linear, cache=None, gold_M=None):
+        """(M, P, g) rows from the states hn (B, Tn, C), the distance term (Tn, L), the blocked candidates
+        (B, Tn, L) and the rows that have one (B, Tn)."""
         P = masked_arc_softmax(self.scores(hn, dist, cache), blocked)  # (B, Tn, L)
-        g = torch.sigmoid(gate(hn).squeeze(-1).float()) * ~blocked.all(dim=-1)  # (B, Tn)
+        g = torch.sigmoid(gate(hn).squeeze(-1).float()) * has_cand  # (B, Tn)
         return g.unsqueeze(-1) * P, P, g
 
 
@@ -97,7 +98,7 @@ class BiaffineParser(DistanceParser):
 class OracleParser(DistanceParser):
     """Analysis mode: M is the gold left-arc matrix of the batch (``gold_M``), restricted to candidates."""
 
-    def forward(self, hn, dist, blocked, gate, cache=None, gold_M=None):
+    def forward(self, hn, dist, blocked, has_cand, gate, cache=None, gold_M=None):
         if gold_M is None or cache is not None:
             raise ValueError("depenc.parser=oracle needs gold arcs (gold_M) for every batch; it cannot decode")
         M = gold_M.float() * ~blocked
@@ -118,6 +119,7 @@ class DependencyEncoder(nn.Module):
         self.w_gate = nn.Linear(n_embd, 1, bias=True)
         self.w_struct = nn.Linear(n_embd, n_embd, bias=False) if cfg.structured_encoding else None
         self.next_offset = 1 if cfg.target == "next" else 0  # row i of target=next is about token i+1
+        self.bias_form = cfg.dep_attention and cfg.attention == "bias"  # the blocks above read log(M + eps)
         # bucket of every arc length 0..block_size + 1, so no log/floor per forward
         self.register_buffer("bucket_of_len", distance_bucket(torch.arange(block_size + 2), cfg.n_distance_buckets),
                              persistent=False)
@@ -161,13 +163,13 @@ class DependencyEncoder(nn.Module):
         hn = self.ln(h)
         blocked = self.blocked(idx, start, eos_id)  # (B, Tn, L)
         dist = self.distance_scores(start, idx.size(1), h.device)  # (Tn, L)
-        M, P, g = self.parser(hn, dist, blocked, self.w_gate, cache, gold_M)
         has_cand = ~blocked.all(dim=-1)  # (B, Tn)
+        M, P, g = self.parser(hn, dist, blocked, has_cand, self.w_gate, cache, gold_M)
         if self.zero_gate:
             M = torch.zeros_like(M)
         M = M.to(h.dtype)
-        arcs = Arcs(M, torch.log(M + self.cfg.bias_eps).unsqueeze(1), P * has_cand.unsqueeze(-1) if need_P else None,
-                    g, has_cand)
+        log_M = torch.log(M + self.cfg.bias_eps).unsqueeze(1) if self.bias_form else None
+        arcs = Arcs(M, log_M, P * has_cand.unsqueeze(-1) if need_P else None, g, has_cand)
         if self.w_struct is None:
             return None, arcs
         tok_all = cache_append(cache, "tok", tok_emb) if cache is not None else tok_emb  # (B, L, C)

@@ -156,7 +156,8 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence length {L} exceeds model.block_size={self.cfg.block_size}")
         tok = self.wte(idx)  # (B, Tn, C)
         x = self.drop(tok if self.wpe is None else tok + self.wpe(torch.arange(start, L, device=idx.device)))
-        ctx = AttnContext(start, L, idx.device, self._alibi(start, L, idx.device), need_weights)
+        ctx = AttnContext(start, L, idx.device, need_weights=need_weights)
+        ctx.pos_bias = self._alibi(ctx)
         idx_all = cache_tokens(cache, idx)  # (B, L)
         arcs = structured = None
         attn_maps = []
@@ -179,15 +180,14 @@ class Transformer(nn.Module):
             out["dep"] = {"P": arcs.P, "g": arcs.g, "M": arcs.M, "has_cand": arcs.has_cand}
         return out
 
-    def _alibi(self, start: int, L: int, device) -> torch.Tensor | None:
-        """(1, H, L - start, L) ALiBi + causal bias of query rows start..L-1; None with learned positions."""
+    def _alibi(self, ctx: AttnContext) -> torch.Tensor | None:
+        """(1, H, Tn, L) ALiBi + causal bias of query rows start..L-1; None with learned positions."""
         if self.cfg.pos != "alibi":
             return None
-        i = torch.arange(start, L, device=device).view(-1, 1)
-        j = torch.arange(L, device=device).view(1, -1)
+        i = torch.arange(ctx.start, ctx.L, device=ctx.device).view(-1, 1)
+        j = torch.arange(ctx.L, device=ctx.device).view(1, -1)
         bias = -self.alibi_slopes.view(-1, 1, 1) * (i - j).clamp(min=0).float()  # (H, Tn, L)
-        causal = torch.full((L - start, L), float("-inf"), device=device).triu(start + 1)
-        return (bias + causal).unsqueeze(0)
+        return (bias + ctx.causal_mask()).unsqueeze(0)
 
     # ---- decoding ---------------------------------------------------------------------------
     def supports_cache(self) -> bool:
