@@ -70,3 +70,15 @@ def compare_runs(tmp_path_factory) -> dict[str, list[Path]]:
             (run_dir,) = set((tmp / "runs" / "debug").glob("*")) - before
             out.setdefault(kind, []).append(run_dir)
     return out
+
+
+@pytest.fixture(autouse=True)
+def no_wandb_run_leaks_between_tests():
+    """A test that stops a run early must not hand its W&B run to the next test in the same worker
+    (Lightning's WandbLogger adopts any run already in progress)."""
+    yield
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        wandb.finish()
