@@ -35,7 +35,7 @@ def test_bench_quick_writes_json_and_report(tmp_path):
     assert "Ratio baseline/peer (tokens/s): T=16:" in md
     for target in ("baseline >= peer", "DepEnc step time at T=256", "DepEnc peak memory at T=512"):
         assert target in md
-    assert "load average" in md and "| 16 | 16 | depenc |" in md
+    assert "load average" in md and "| 16 | 16 | depenc |" in md and "| memory / baseline |" in md
 
 
 def test_bench_report_ratios_and_targets(tmp_path):
@@ -56,3 +56,17 @@ def test_bench_report_ratios_and_targets(tmp_path):
             "load_end": 0.2, "wall_s": 1.0, "depenc_config": {}, "command": "test"}
     md = write_report(tmp_path, records, meta)
     assert "T=256: 1.25, T=512: 1.40" in md and (tmp_path / "bench.md").is_file()
+    assert "| 256 | 32 | depenc | 1.00M | 125 | 65536 | 600.0 | 1.20 |" in md  # peak memory over the baseline's
+    assert "| 512 | 16 | baseline | 1.00M | 100 | 81920 | 500.0 | 1.00 |" in md
+
+
+def test_bench_presets_and_single_options():
+    from depenc.bench import parse_args
+
+    a = parse_args(["--preset", "gpt2-small"])
+    assert (a.n_embd, a.n_layer, a.n_head, a.vocab, a.lengths, a.tokens_per_batch) == (768, 12, 12, 50257, [1024], 16384)
+    a = parse_args(["--preset", "gpt2-small", "--lengths", "1024", "2048", "--tokens-per-batch", "2048"])
+    assert (a.n_embd, a.lengths, a.tokens_per_batch) == (768, [1024, 2048], 2048)  # a single option wins
+    a = parse_args([])
+    assert a.n_embd == 256 and a.lengths[-1] == 2048 and a.precision == "32" and a.attention_impl == "auto"
+    assert parse_args(["--quick", "--preset", "gpt2-small"]).n_embd == 32

@@ -186,7 +186,7 @@ def test_resumed_twice_keeps_history_segments_and_time(run_copy):
     assert train.main(["--resume", str(run_copy), "trainer.max_steps=8"]) == 0
     with open(run_copy / "metrics.csv", newline="") as f:
         steps = sorted({int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")})
-    assert steps == list(range(8)), steps
+    assert steps == list(range(1, 9)), steps  # a row counts the optimizer steps done
     info = json.loads((run_copy / "run.json").read_text())
     segments = info["segments"]
     assert [s["overrides"] for s in segments[1:]] == [["trainer.max_steps=6"], ["trainer.max_steps=8"]]
@@ -366,3 +366,96 @@ def test_killed_twice_and_resumed_matches_an_uninterrupted_run(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert [s["status"] for s in info["segments"]] == ["running", "running", "done"]
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 120
+
+
+# ---- a run people can watch --------------------------------------------------------------------
+def test_watched_run_bar_best_checkpoint_and_one_step_column(tmp_path, capsys):
+    """One tiny run: the progress bar counts steps against max_steps, the run folder is printed first,
+    none of Lightning's known harmless messages show, best.ckpt exists although no validation ran inside
+    fit, and every row of metrics.csv counts optimizer steps done (train, val, perf alike)."""
+    overrides = ["trainer.max_steps=6", "trainer.val_check_interval=8", "trainer.log_every_n_steps=2",
+                 "trainer.limit_val_batches=2", "trainer.test_at_end=false", "trainer.progress=bar",
+                 "callbacks.efficiency.log_every_n_steps=2", *(o for o in TINY if o.startswith("data."))]
+    nocb = [f"callbacks.{c}.enabled=false" for c in ("alignment", "generation", "agreement", "excess")]
+    assert train.main(["debug", *tiny_overrides(tmp_path, "run.name=w", *overrides, *nocb)]) == 0
+    out, err = capsys.readouterr()
+    run_dir = tmp_path / "runs" / "debug" / "w"
+    assert out.splitlines()[0] == f"run folder: {run_dir}"
+    assert "6/6" in err and "loss" in err and "tok/s" in err, err
+    assert "step 6: validation ppl" in err
+    for noise in train.HARMLESS_MESSAGES:
+        assert noise not in out + err, noise
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)
+    assert best["global_step"] == 6
+    with open(run_dir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    steps = {kind: sorted({int(r["step"]) for r in rows if any(k.startswith(kind) and v for k, v in r.items())})
+             for kind in ("train/", "val/", "perf/")}
+    assert steps == {"train/": [2, 4, 6], "val/": [6], "perf/": [2, 4, 6]}, steps
+
+
+def test_progress_lines_when_not_a_terminal():
+    """log mode: one line per N steps with step/total, loss, tokens/s and eta; a validation line."""
+    import io
+    from types import SimpleNamespace
+
+    from depenc.callbacks.progress import Progress, format_duration
+
+    stream = io.StringIO()  # not a terminal: auto means lines
+    progress = Progress("auto", every_n_steps=2, stream=stream)
+    assert progress.mode == "log"
+    trainer = SimpleNamespace(max_steps=4, global_step=0, is_global_zero=True, world_size=1, sanity_checking=False,
+                              callback_metrics={"train/loss": torch.tensor(2.5)})
+    progress.on_train_start(trainer, None)
+    batch = {"input_ids": torch.zeros(2, 8, dtype=torch.long)}
+    for step in range(1, 5):
+        trainer.global_step = step
+        progress.on_train_batch_end(trainer, None, None, batch, step - 1)
+    trainer.callback_metrics["val/validation/ppl"] = torch.tensor(12.3456)
+    progress.on_validation_end(trainer, None)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" |")[0] for line in lines[:2]] == ["step 2/4 (50%)", "step 4/4 (100%)"], lines
+    assert all("loss 2.5000" in line and "tok/s" in line and "eta" in line for line in lines[:2])
+    assert lines[2] == "step 4: validation ppl 12.346"
+    assert Progress("off", stream=stream).mode == "off"
+    assert [format_duration(s) for s in (5, 62, 3725)] == ["5s", "1m02s", "1h02m"]
+
+
+def test_wandb_without_a_reachable_server_goes_offline_in_one_line(tmp_path, monkeypatch, capsys):
+    """An online W&B start that fails (no network, bad key) falls back to an offline run of the same id
+    and says so in one line with the sync command; no traceback."""
+    import wandb
+
+    modes = []
+
+    def fake_init(**kwargs):
+        modes.append((kwargs["mode"], kwargs.get("settings") and kwargs["settings"].init_timeout))
+        if kwargs["mode"] == "online":
+            raise wandb.errors.CommError("Run initialization has timed out after 15.0 sec.\nmore detail")
+        return "offline-run"
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    monkeypatch.setattr(wandb, "teardown", lambda: None)
+    monkeypatch.delenv("WANDB_INIT_TIMEOUT", raising=False)
+    run = train.start_wandb_run({"id": "abc", "project": "p"}, tmp_path, "online")
+    assert run == "offline-run" and modes == [("online", 15.0), ("offline", None)]
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "within 15 s" in err and "wandb sync" in err, err
+
+
+@pytest.mark.slow
+def test_wandb_key_and_no_server_trains_offline(tmp_path):
+    """End to end: a key, a server that refuses connections, WANDB_INIT_TIMEOUT=3: the run goes offline
+    after the timeout, trains to the end and its offline run holds the history."""
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY="a" * 40, WANDB_BASE_URL="http://127.0.0.1:9", WANDB_INIT_TIMEOUT="3")
+    cmd = [sys.executable, "-m", "depenc.train", "debug",
+           *[o for o in tiny_overrides(tmp_path, "run.name=o", *TINY) if not o.startswith("logger.wandb")],
+           "logger.wandb.mode=auto"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "no W&B server reachable within 3 s" in proc.stderr and "Traceback" not in proc.stderr
+    offline = list((tmp_path / "runs" / "debug" / "o" / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1 and next(offline[0].glob("*.wandb")).stat().st_size > 0
+    assert time.time() - t0 < 120

@@ -1,7 +1,7 @@
 """Training throughput and peak memory (DESIGN 6): baseline vs DepEnc vs a peer implementation.
 
-``python -m depenc.bench [--out reports/bench] [--lengths 128 256 512 1024] [--tokens-per-batch 8192]
-[--reps N] [--quick]``
+``python -m depenc.bench [--out reports/bench] [--lengths 128 256 512 1024 2048] [--tokens-per-batch 8192]
+[--reps N] [--preset gpt2-small] [--precision bf16] [--attention-impl auto] [--quick]``
 
 Measures training steps (forward, loss, backward, AdamW step) of
 
@@ -13,6 +13,10 @@ Measures training steps (forward, loss, backward, AdamW step) of
 
 at several sequence lengths with the same number of tokens per batch (batch = tokens / T), all in one
 process and interleaved: after warm-up, every repetition runs each model once, the order rotating.
+Sizes: d=256, 4 layers and heads, vocabulary 8000 by default; ``--preset gpt2-small`` is GPT-2 small
+(d=768, 12 layers and heads, vocabulary 50257) at T=1024 with 16384 tokens per batch; ``--quick`` is tiny
+(tests). ``--precision bf16`` runs the steps under bfloat16 autocast (what ``trainer.precision=bf16-mixed``
+trains with); ``--attention-impl`` sets ``model.attention_impl`` of baseline and DepEnc.
 The median step time gives tokens/s. Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` after a
 reset; on CPU each (model, length) runs in a fresh subprocess that reports the growth of its peak
 resident set size (VmHWM) over its own baseline after imports (parameters, optimizer state, activations
@@ -50,13 +54,12 @@ TARGETS_TEXT = [
 
 # ---- models ---------------------------------------------------------------------------------
 def default_depenc_config(overrides: list[str] | None = None) -> dict:
-    """``model.depenc`` of experiments/base.yaml (what ``model.kind=depenc`` trains), with ``--depenc-set``."""
-    from omegaconf import OmegaConf
-
+    """``model.depenc`` of experiments/base.yaml (what ``model.kind=depenc`` trains), with ``--depenc-set``
+    (plain YAML: the section has no interpolations, and the bench then needs no OmegaConf)."""
     from depenc.schema import DepEncConfig
 
     base = REPO_ROOT / "experiments" / "base.yaml"
-    dep = dict(OmegaConf.to_container(OmegaConf.load(base).model.depenc, resolve=True)) if base.is_file() else {}
+    dep = dict(yaml.safe_load(base.read_text())["model"]["depenc"]) if base.is_file() else {}
     for item in overrides or []:
         key, _, value = item.partition("=")
         if key not in DepEncConfig.__dataclass_fields__:
@@ -79,7 +82,8 @@ def build_model(name: str, args) -> torch.nn.Module:
     from depenc.models.transformer import Transformer
 
     cfg = ModelConfig(kind=name, vocab_size=args.vocab, block_size=max_len, n_layer=args.n_layer, n_head=args.n_head,
-                      n_embd=args.n_embd, dropout=0.0, eos_id=0, depenc=DepEncConfig(**default_depenc_config(args.depenc_set)))
+                      n_embd=args.n_embd, dropout=0.0, eos_id=0, attention_impl=args.attention_impl,
+                      depenc=DepEncConfig(**default_depenc_config(args.depenc_set)))
     return Transformer(cfg)
 
 
@@ -92,7 +96,8 @@ def batch_for(T: int, args, device) -> torch.Tensor:
     return idx.to(device)
 
 
-def make_step(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor):
+def make_step(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, idx: torch.Tensor,
+              precision: str = "32"):
     if name == "peer":
         def loss():
             return model(input_ids=idx, labels=idx, use_cache=False).loss
@@ -101,7 +106,9 @@ def make_step(name: str, model: torch.nn.Module, opt: torch.optim.Optimizer, idx
             return model(idx, idx)["loss"]
 
     def step():
-        loss().backward()
+        with torch.autocast(idx.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            value = loss()
+        value.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -128,7 +135,7 @@ def probe_memory(args) -> dict:
         p.grad = torch.zeros_like(p)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    make_step(name, model, opt, batch_for(T, args, device))()  # ... then one full training step
+    make_step(name, model, opt, batch_for(T, args, device), args.precision)()  # ... then one full training step
     return {"model": name, "seq_len": T, "peak_mem_mb": peak_rss_mb() - base, "rss_after_imports_mb": base}
 
 
@@ -159,7 +166,8 @@ def generation_records(models: dict, args, device) -> list[dict]:
                 g = torch.Generator(device=device).manual_seed(0)
                 sync(device)
                 t0 = time.perf_counter()
-                model.generate(prompt, n_new, top_k=50, generator=g, use_cache=use_cache)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                    model.generate(prompt, n_new, top_k=50, generator=g, use_cache=use_cache)
                 sync(device)
                 times.append(time.perf_counter() - t0)
             t = statistics.median(times)
@@ -234,14 +242,19 @@ def write_report(out: Path, records: list[dict], meta: dict) -> str:
              f"Equal tokens per batch ({meta['tokens_per_batch']}; batch = tokens / T), training steps (forward, "
              f"loss, backward, AdamW step), {meta['warmup']} warm-up step(s) then {meta['reps']} interleaved "
              "repetitions (each model once per repetition, order rotated); median step time. "
-             f"Model: d={meta['n_embd']}, {meta['n_layer']} layers, {meta['n_head']} heads, vocabulary {meta['vocab']}. "
-             f"Peak memory: {meta['peak_mem_method']}.", "",
-             "| T | batch | model | params | step (ms) | tokens/s | peak memory (MB) |",
-             "| ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
-    for r in sorted((r for r in records if r["task"] == "train"), key=lambda r: (r["seq_len"], MODELS.index(r["model"]))):
+             f"Model: d={meta['n_embd']}, {meta['n_layer']} layers, {meta['n_head']} heads, vocabulary {meta['vocab']}"
+             f"{' (' + meta['preset'] + ')' if meta.get('preset') else ''}; precision {meta.get('precision', '32')}, "
+             f"attention_impl {meta.get('attention_impl', 'auto')}. Peak memory: {meta['peak_mem_method']}.", "",
+             "| T | batch | model | params | step (ms) | tokens/s | peak memory (MB) | memory / baseline |",
+             "| ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    train = [r for r in records if r["task"] == "train"]
+    base_mem = {r["seq_len"]: r.get("peak_mem_mb") for r in train if r["model"] == "baseline"}
+    for r in sorted(train, key=lambda r: (r["seq_len"], MODELS.index(r["model"]))):
         mem = f"{r['peak_mem_mb']:.1f}" if r.get("peak_mem_mb") is not None else "n/a"
+        b = base_mem.get(r["seq_len"])
+        rel = f"{r['peak_mem_mb'] / b:.2f}" if b and r.get("peak_mem_mb") is not None else "n/a"
         lines.append(f"| {r['seq_len']} | {r['batch_size']} | {r['model']} | {r['n_params'] / 1e6:.2f}M | "
-                     f"{r['step_ms']:.0f} | {r['tokens_per_s']:.0f} | {mem} |")
+                     f"{r['step_ms']:.0f} | {r['tokens_per_s']:.0f} | {mem} | {rel} |")
     lines += ["",
               f"- Ratio DepEnc/baseline (time per step): {fmt_ratio_line(rat['depenc_over_baseline_step_time'])}",
               f"- Ratio baseline/peer (tokens/s): {fmt_ratio_line(rat['baseline_over_peer_tokens_per_s'])}",
@@ -289,24 +302,37 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--gen-reps", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32",
+                   help="32: float32; bf16: bfloat16 autocast (as trainer.precision=bf16-mixed)")
+    p.add_argument("--attention-impl", choices=["auto", "sdpa", "lean", "flex"], default="auto",
+                   help="model.attention_impl of baseline and DepEnc (auto: flex on CUDA, lean on CPU)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="model and batch sizes (single options given override it); default: d=256, 4 layers")
     p.add_argument("--quick", action="store_true", help="tiny sizes (tests): lengths 16 32, 256 tokens, d=32")
     p.add_argument("--probe", nargs=2, metavar=("MODEL", "T"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    quick = {"lengths": [16, 32], "tokens_per_batch": 256, "reps": 2, "n_embd": 32, "n_layer": 2, "n_head": 2,
-             "vocab": 100, "gen_batch": 2, "gen_new_tokens": 8}
-    full = {"lengths": [128, 256, 512, 1024], "tokens_per_batch": 8192, "reps": 3, "n_embd": 256, "n_layer": 4,
-            "n_head": 4, "vocab": 8000, "gen_batch": 8, "gen_new_tokens": 64}
-    for key, value in (quick if args.quick else full).items():
+    sizes = PRESETS["quick" if args.quick else (args.preset or "default")]
+    for key, value in sizes.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
+
+
+PRESETS = {
+    "quick": {"lengths": [16, 32], "tokens_per_batch": 256, "reps": 2, "n_embd": 32, "n_layer": 2, "n_head": 2,
+              "vocab": 100, "gen_batch": 2, "gen_new_tokens": 8},
+    "default": {"lengths": [128, 256, 512, 1024, 2048], "tokens_per_batch": 8192, "reps": 3, "n_embd": 256,
+                "n_layer": 4, "n_head": 4, "vocab": 8000, "gen_batch": 8, "gen_new_tokens": 64},
+    "gpt2-small": {"lengths": [1024], "tokens_per_batch": 16384, "reps": 3, "n_embd": 768, "n_layer": 12,
+                   "n_head": 12, "vocab": 50257, "gen_batch": 8, "gen_new_tokens": 64},
+}
 
 
 def model_argv(args) -> list[str]:
     """The options a memory probe needs to rebuild the same models and batches."""
     argv = ["--lengths", *map(str, args.lengths), "--tokens-per-batch", str(args.tokens_per_batch),
             "--n-embd", str(args.n_embd), "--n-layer", str(args.n_layer), "--n-head", str(args.n_head),
-            "--vocab", str(args.vocab)]
+            "--vocab", str(args.vocab), "--precision", args.precision, "--attention-impl", args.attention_impl]
     if args.depenc_set:
         argv += ["--depenc-set", *args.depenc_set]
     if args.threads > 0:
@@ -341,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for T in args.lengths:
         idx = batch_for(T, args, device)
-        steps = {name: make_step(name, m, o, idx) for name, (m, o) in models.items()}
+        steps = {name: make_step(name, m, o, idx, args.precision) for name, (m, o) in models.items()}
         for name in names:
             for _ in range(args.warmup):
                 steps[name]()
@@ -364,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             rec = {"task": "train", "model": name, "seq_len": T, "batch_size": idx.size(0),
                    "tokens_per_batch": idx.numel(), "step_ms": med * 1000, "step_ms_all": [t * 1000 for t in times[name]],
                    "tokens_per_s": idx.numel() / med, "peak_mem_mb": peak.get(name),
-                   "n_params": sum(p.numel() for p in models[name][0].parameters()), "device": str(device)}
+                   "n_params": sum(p.numel() for p in models[name][0].parameters()), "device": str(device),
+                   "precision": args.precision, "attention_impl": args.attention_impl if name != "peer" else None}
             records.append(rec)
             print(f"T={T:5d} {name:8s} {med * 1000:9.1f} ms/step {idx.numel() / med:10.1f} tokens/s", flush=True)
     records += generation_records(models, args, device)
@@ -386,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "bench.json").write_text(json.dumps(records, indent=2))
     meta = {"tokens_per_batch": args.tokens_per_batch, "warmup": args.warmup, "reps": args.reps,
             "n_embd": args.n_embd, "n_layer": args.n_layer, "n_head": args.n_head, "vocab": args.vocab,
-            "peak_mem_method": method, "machine": machine_info(device), "load_start": load_start,
+            "preset": "quick" if args.quick else args.preset, "precision": args.precision,
+            "attention_impl": args.attention_impl, "peak_mem_method": method, "machine": machine_info(device), "load_start": load_start,
             "load_end": round(os.getloadavg()[0], 2), "wall_s": time.time() - t_start,
             "depenc_config": default_depenc_config(args.depenc_set),
             "command": "python -m depenc.bench " + " ".join(sys.argv[1:] if argv is None else argv)}

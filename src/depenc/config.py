@@ -163,16 +163,16 @@ def _experiment_layers(exp: str, root: Path, seen: tuple = ()) -> list[tuple[Dic
 # value ranges (bounds are checked with the config, before any work)
 POSITIVE = ("trainer.max_steps", "model.n_layer", "model.n_head", "model.n_embd", "data.block_size", "data.batch_size", "data.vocab_size",
             "data.min_freq", "trainer.val_check_interval", "trainer.checkpoint_every_n_steps",
-            "trainer.log_every_n_steps", "trainer.num_nodes", "optim.lr", "data.synthetic.n_train",
+            "trainer.log_every_n_steps", "trainer.progress_every_n_steps", "trainer.num_nodes", "optim.lr", "data.synthetic.n_train",
             "data.synthetic.n_validation", "data.synthetic.max_depth", "data.synthetic.max_words",
             "callbacks.alignment.batch_size", "callbacks.generation.batch_size", "callbacks.agreement.batch_size",
-            "callbacks.excess.batch_size")
-NONNEGATIVE = ("model.mlp_hidden", "data.num_workers", "data.max_train_docs", "optim.weight_decay", "optim.warmup_steps",
+            "callbacks.excess.batch_size", "callbacks.pairs.batch_size")
+NONNEGATIVE = ("model.mlp_hidden", "data.num_workers", "data.max_train_docs", "eval.stride", "optim.weight_decay", "optim.warmup_steps",
                "optim.grad_clip", "optim.encoder_lr_mult", "trainer.log_encoder_every", "data.synthetic.n_test",
                "data.synthetic.n_test_long", "callbacks.generation.temperature", "callbacks.generation.top_k",
                "callbacks.generation.max_new_tokens", "callbacks.generation.n_samples",
-               "callbacks.agreement.n_bootstrap", "callbacks.efficiency.log_every_n_steps",
-               *(f"callbacks.{c}.every_n_val" for c in ("alignment", "generation", "agreement", "excess")))
+               "callbacks.agreement.n_bootstrap", "callbacks.pairs.n_bootstrap", "callbacks.efficiency.log_every_n_steps",
+               *(f"callbacks.{c}.every_n_val" for c in ("alignment", "generation", "agreement", "excess", "pairs")))
 PROBABILITY = ("model.dropout", "optim.min_lr_ratio")  # in [0, 1]; so are data.synthetic's p_* and long_p_*
 RANGES = {"positive": (lambda v: v > 0, "positive"), "nonnegative": (lambda v: v >= 0, ">= 0"),
           "probability": (lambda v: 0 <= v <= 1, "in [0, 1]"), "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -215,8 +215,17 @@ def validate(cfg: DictConfig) -> None:
             f"model.depenc.parser_layer={m.depenc.parser_layer} must be in [1, model.n_layer-1={m.n_layer - 1}] "
             "so that the encoder reads contextual states and at least one block sits above it"
         )
+    if cfg.eval.stride > cfg.data.block_size:
+        raise ConfigError(f"eval.stride={cfg.eval.stride} must be <= data.block_size={cfg.data.block_size} "
+                          "(0 = non-overlapping blocks)")
     if m.depenc.parser == "oracle" and cfg.data.source != "synthetic":
         raise ConfigError("model.depenc.parser=oracle needs gold trees: use data.source=synthetic")
+    if cfg.callbacks.pairs.enabled:  # the files are read when training starts; a missing one fails now
+        from depenc.evaluation.alignment import resolve_path
+
+        for f in cfg.callbacks.pairs.files:
+            if not resolve_path(f).exists():
+                raise ConfigError(f"callbacks.pairs.files: {f} not found (a JSONL file or a folder of them)")
 
 
 def to_container(cfg: DictConfig) -> dict:

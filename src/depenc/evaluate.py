@@ -16,6 +16,14 @@
 * ``excess --split S [--reference own|train] [--max-sentences N]``: excess loss and KL over the synthetic
   grammar's exact optimum on sentence-aligned blocks, by category, depth and agreement distance
   (``depenc.evaluation.excess``; the excess callback's numbers). Prints one JSON object.
+* ``pairs --input FILE.jsonl|DIR [--by field,UID] [--format json|table] [--bootstrap N]``: minimal pairs
+  in BLiMP's format (``depenc.evaluation.pairs``): accuracy of lp(good) > lp(bad) with ``score``'s
+  log-prob, mean margin and bootstrap 95% intervals, overall and per group of each ``--by`` key, and the
+  one-prefix accuracy (agree's number) where the pairs have BLiMP's one-prefix fields.
+* ``harness --tasks T1,T2 [--include-path DIR] [--limit N]``: lm-evaluation-harness tasks (``blimp``,
+  ``lambada_openai``, ``wikitext``, local YAML tasks in DIR) through ``lm_eval.simple_evaluate`` with
+  the model as :class:`depenc.harness.DepEncLM`; prints the harness's results JSON. Needs ``lm_eval``
+  (``pip install -e ".[eval]"``).
 
 ``--ablate zero_gate`` (M = 0) / ``--ablate zero_lambda`` (no dependency-weighted attention) switch
 off part of a DepEnc model at inference time, for any command: does the model use its structure?
@@ -170,11 +178,14 @@ def cmd_excess(args) -> int:
 
 def cmd_ppl(args) -> int:
     docs = _read_lines(args.text, "text file")
-    _, model, tok, _ = _load(args)
+    _, model, tok, run_config = _load(args)
     _check_model(model)
     if not docs:
         raise CLIError(f"text file {args.text} has no non-empty line")
-    out = {"ckpt": args.ckpt, "text": args.text, **perplexity(model, tok, docs, args.batch_size)}
+    stride = args.stride if args.stride is not None else int((run_config.get("eval") or {}).get("stride", 0))
+    if stride > model.cfg.block_size:
+        raise CLIError(f"--stride must be <= the model's block size {model.cfg.block_size}, got {stride}")
+    out = {"ckpt": args.ckpt, "text": args.text, **perplexity(model, tok, docs, args.batch_size, stride)}
     if (out["unk_rate"] or 0) > UNK_WARN_RATE:
         print(f"warning: {out['unk_rate']:.1%} of the tokens of {args.text} are <unk> (not in the run's vocabulary): "
               "its perplexity says little about the model", file=sys.stderr)
@@ -274,6 +285,76 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_pairs(args) -> int:
+    from depenc.evaluation.pairs import PairsError, evaluate_pairs, group_labels, model_scorers, read_pairs, table
+
+    by = [k.strip() for k in (args.by or "").split(",") if k.strip()]
+    try:
+        pairs = read_pairs(args.input)
+        for key in by:  # before the model is loaded
+            group_labels(pairs, key)
+    except PairsError as exc:
+        raise CLIError(str(exc)) from None
+    _, model, tok, _ = _load(args)
+    _check_model(model)
+    result = evaluate_pairs(pairs, *model_scorers(model, tok, args.batch_size), by=by, n_boot=args.bootstrap,
+                            seed=args.seed)
+    if args.format == "table":
+        text = table(result) + "\n"
+        if args.out:
+            try:
+                Path(args.out).write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise CLIError(f"cannot write {args.out}: {exc}") from None
+        else:
+            sys.stdout.write(text)
+        return 0
+    _emit({"ckpt": args.ckpt, "input": args.input, "ablate": args.ablate or [], **result}, args.out)
+    return 0
+
+
+def cmd_harness(args) -> int:
+    try:
+        import lm_eval
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise CLIError('harness needs the lm-evaluation-harness (lm_eval): pip install -e ".[eval]"') from None
+    from lm_eval.utils import handle_non_serializable
+
+    from depenc.evaluation.io import nan_to_none
+    from depenc.harness import DepEncLM
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise CLIError("--tasks: give task names, e.g. blimp,lambada_openai,wikitext")
+    if args.include_path and not Path(args.include_path).is_dir():
+        raise CLIError(f"--include-path {args.include_path}: not a folder (of task YAML files)")
+    manager = TaskManager(include_path=args.include_path)
+    unknown = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
+    if unknown:
+        raise CLIError(f"unknown task{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}: see `lm-eval ls tasks`"
+                       + (f" (with --include_path {args.include_path})" if args.include_path else ""))
+    _, model, tok, _ = _load(args)
+    _check_model(model)
+    lm = DepEncLM.from_model(model, tok, args.batch_size, name=args.ckpt)
+    try:
+        results = lm_eval.simple_evaluate(model=lm, tasks=tasks, task_manager=manager, limit=args.limit or None,
+                                          log_samples=False)
+    except ConnectionError as exc:  # the tasks' data comes from the Hugging Face Hub
+        raise CLIError(f"{str(exc).splitlines()[0]}: the harness downloads the tasks' data from the Hugging Face "
+                       "Hub (offline: HF_DATASETS_OFFLINE=1 with the data in the datasets cache)") from None
+    text = json.dumps(nan_to_none({"ckpt": args.ckpt, **results}), default=handle_non_serializable, indent=1,
+                      ensure_ascii=False)
+    if args.out:
+        try:
+            Path(args.out).write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise CLIError(f"cannot write {args.out}: {exc}") from None
+    else:
+        print(text)
+    return 0
+
+
 def _emit(obj: dict, out: str | None) -> None:
     text = to_json(obj)
     if out:
@@ -293,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     from depenc.models.transformer import Transformer
 
     p = argparse.ArgumentParser(prog="python -m depenc.evaluate", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="{ppl,score,align,generate,agree,excess}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{ppl,score,align,generate,agree,excess,pairs,harness}")
 
     def common(sp):
         sp.add_argument("--ckpt", required=True, help="checkpoint (runs/<exp>/<run_id>/checkpoints/last.ckpt)")
@@ -305,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ppl", help="perplexity / bits per byte of a text file (one document per line)")
     common(sp)
     sp.add_argument("--text", required=True)
+    sp.add_argument("--stride", type=int, default=None,
+                    help="sliding windows every N tokens, each token scored once (0 = non-overlapping blocks; "
+                         "default: the run's eval.stride)")
     sp.add_argument("--out", default=None, help="write the JSON here instead of stdout")
     sp.set_defaults(func=cmd_ppl)
 
@@ -355,20 +439,40 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-sentences", type=int, default=0, help="first N sentences (0 = all)")
     sp.add_argument("--out", default=None, help="write the JSON here instead of stdout")
     sp.set_defaults(func=cmd_excess)
+
+    sp = sub.add_parser("pairs", help="minimal pairs in BLiMP's JSONL format (a file or a folder of them)")
+    common(sp)
+    sp.add_argument("--input", required=True, help="JSONL file with sentence_good, sentence_bad (BLiMP), or a folder")
+    sp.add_argument("--by", default="", help="comma-separated keys to group the pairs by, e.g. field,UID")
+    sp.add_argument("--format", default="json", choices=("json", "table"))
+    sp.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap intervals")
+    sp.add_argument("--out", default=None, help="write the output here instead of stdout")
+    sp.set_defaults(func=cmd_pairs)
+
+    sp = sub.add_parser("harness", help="lm-evaluation-harness tasks (blimp, lambada_openai, wikitext, ...)")
+    common(sp)
+    sp.add_argument("--tasks", required=True, help="comma-separated task, group or tag names (or YAML paths)")
+    sp.add_argument("--include-path", default=None, help="folder of extra task YAML files")
+    sp.add_argument("--limit", type=int, default=0, help="first N documents of each task (0 = all)")
+    sp.add_argument("--out", default=None, help="write the JSON here instead of stdout")
+    sp.set_defaults(func=cmd_harness)
     return p
 
 
 # bounds of the numeric flags (a flag a command does not have is skipped)
 FLAG_RANGES = {"batch_size": "positive", "n": "positive", "temperature": "nonnegative", "top_k": "nonnegative",
                "top_p": "top_p", "max_new_tokens": "nonnegative", "max_sentences": "nonnegative",
-               "select_max_sentences": "nonnegative", "n_examples": "nonnegative", "max_pairs": "nonnegative"}
+               "select_max_sentences": "nonnegative", "n_examples": "nonnegative", "max_pairs": "nonnegative",
+               "stride": "nonnegative",
+               "bootstrap": "nonnegative", "limit": "nonnegative"}
 
 
 def check_flags(args) -> None:
     from depenc.config import range_problem
 
     for attr, kind in FLAG_RANGES.items():
-        if hasattr(args, attr) and (problem := range_problem(getattr(args, attr), kind)):
+        if getattr(args, attr, None) is not None and (problem := range_problem(getattr(args, attr), kind)):
             raise CLIError(f"--{attr.replace('_', '-')} {problem}, got {getattr(args, attr)}")
 
 

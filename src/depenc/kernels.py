@@ -58,30 +58,57 @@ def sdpa_biased(q, k, v, base, beta=None, log_M=None, dropout_p=0.0):
 
 
 def lean_biased(q, k, v, base, beta=None, log_M=None, dropout_p=0.0):
-    """The dependency bias form through :class:`_LeanDepBias` (float32 without autocast; otherwise, and for
-    a bias without the dependency term, SDPA: the same function)."""
-    if log_M is None or q.dtype != torch.float32 or log_M.dtype != torch.float32 or torch.is_autocast_enabled(q.device.type):
+    """The dependency bias form through :class:`_LeanDepBias` (float32 without autocast or dropout; otherwise,
+    and for a bias without the dependency term, SDPA: the same function)."""
+    if (log_M is None or dropout_p > 0 or q.dtype != torch.float32 or log_M.dtype != torch.float32
+            or torch.is_autocast_enabled(q.device.type)):
         return sdpa_biased(q, k, v, base, beta, log_M, dropout_p)
     return _LeanDepBias.apply(q, k, v, beta, log_M, base)
 
 
-_FLEX = {}
+# ---- FlexAttention -----------------------------------------------------------------------------
+# What the bias form keeps per layer for the backward, B=16, T=1024, H=12, bf16, 11 layers above the encoder:
+# - SDPA: the bias base + beta_h log_M as a (B, H, T, T) mask, 16*12*1024^2*2 B = 384 MiB a layer, 4.1 GiB
+#   for 11 layers (66 GiB at T=4096); and with a float mask SDPA has no flash kernel.
+# - Flex: the score modifier reads log_M (B, 1, T, T), built once per forward by the encoder and shared by
+#   every layer (float32: 64 MiB; 1 GiB at T=4096), beta (H,) and, with ALiBi, the (1, H, T, T) position bias
+#   (one per forward, not per batch row); per layer only what any fused attention keeps (q, k, v, output and
+#   the (B, H, T) log-sum-exp, 0.75 MiB). The backward writes one transient (B, T, T) gradient of log_M a layer.
+FLEX_BLOCK = 128  # FlexAttention's tile; without gradients, lengths that are not a multiple go through SDPA
+_FLEX: dict = {}
 
 
-def flex_biased(q, k, v, base, beta=None, log_M=None, dropout_p=0.0):
-    """FlexAttention (compiled), the bias as a score modifier instead of a materialised (B, H, T, T) tensor.
-    PyTorch's FlexAttention has no CPU backward: CPU training goes through SDPA (the same function)."""
-    Tn, L = q.size(2), k.size(2)
-    if (q.device.type != "cuda" and torch.is_grad_enabled()) or Tn != L:
-        return sdpa_biased(q, k, v, base, beta, log_M, dropout_p)
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def _causal(b, h, i, j):
+    return i >= j
 
+
+def flex_kernel():
+    """flex_attention, compiled once (one kernel per length and score modifier); inside a compiled model the
+    plain function, which the outer compilation fuses."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if torch.compiler.is_compiling():
+        return flex_attention
     if "fn" not in _FLEX:
         _FLEX["fn"] = torch.compile(flex_attention, dynamic=False)
-    key = (L, str(q.device))
+    return _FLEX["fn"]
+
+
+def causal_block_mask(L: int, device: torch.device):
+    """The (L, L) causal BlockMask (built once per length and device): tiles above the diagonal are skipped."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key = (L, str(device))
     if key not in _FLEX:
-        _FLEX[key] = create_block_mask(lambda b, h, i, j: i >= j, None, None, L, L, device=q.device)
-    pos = base if base.dim() == 4 else None  # (1, H, T, T) ALiBi + causal; the block mask holds causality
+        _FLEX[key] = create_block_mask(_causal, None, None, L, L, device=device)
+    return _FLEX[key]
+
+
+def bias_score_mod(base, beta=None, log_M=None):
+    """The score modifier of the additive bias, read by (b, h, q, kv) index: ALiBi from ``base`` when it is the
+    (1, H, T, T) position bias (a (T, T) ``base`` is the causal mask, which the block mask holds), plus
+    beta_h log_M[b, q, kv]; nothing of size (B, H, T, T) is built."""
+    pos = base if base.dim() == 4 else None
     dep = log_M.squeeze(1) if log_M is not None else None  # (B, T, T)
 
     def score_mod(score, b, h, i, j):
@@ -91,10 +118,40 @@ def flex_biased(q, k, v, base, beta=None, log_M=None, dropout_p=0.0):
             score = score + beta[h] * dep[b, i, j]
         return score
 
-    return _FLEX["fn"](q, k, v, score_mod=score_mod, block_mask=_FLEX[key])
+    return score_mod
 
 
-BIASED_BACKENDS = {"sdpa": sdpa_biased, "lean": lean_biased, "flex": flex_biased}
+def flex_applies(q, k, dropout_p: float = 0.0) -> bool:
+    """Whether FlexAttention can run this call; otherwise the reference (SDPA with the materialised bias):
+    - the new rows of cached decoding (Tn != L; the score modifier's indices are those of a square block),
+    - attention dropout (FlexAttention has none),
+    - gradients on CPU (PyTorch's FlexAttention has no CPU backward),
+    - without gradients, a length that is not a multiple of FLEX_BLOCK: evaluation blocks have the training
+      length, while the odd lengths of analysis batches would each compile a kernel of their own."""
+    Tn, L = q.size(2), k.size(2)
+    if Tn != L or dropout_p > 0:
+        return False
+    if torch.is_grad_enabled():
+        return q.device.type != "cpu"
+    return L % FLEX_BLOCK == 0
+
+
+def flex_biased(q, k, v, base, beta=None, log_M=None, dropout_p=0.0):
+    """FlexAttention (compiled), the bias as a score modifier instead of a materialised (B, H, T, T) tensor;
+    the reference where :func:`flex_applies` says FlexAttention cannot run."""
+    if not flex_applies(q, k, dropout_p):
+        return sdpa_biased(q, k, v, base, beta, log_M, dropout_p)
+    return flex_kernel()(q, k, v, score_mod=bias_score_mod(base, beta, log_M),
+                         block_mask=causal_block_mask(k.size(2), q.device))
+
+
+def auto_biased(q, k, v, base, beta=None, log_M=None, dropout_p=0.0):
+    """``attention_impl: auto`` without dropout, by device: FlexAttention on CUDA, the lean function on CPU."""
+    fn = flex_biased if q.device.type == "cuda" else lean_biased
+    return fn(q, k, v, base, beta, log_M, dropout_p)
+
+
+BIASED_BACKENDS = {"auto": auto_biased, "sdpa": sdpa_biased, "lean": lean_biased, "flex": flex_biased}
 
 
 # causal_matmul_add on CPU: at most CAUSAL_BLOCKS row blocks (37.5% fewer flops with 4), each at least

@@ -116,6 +116,9 @@ class LMBase(L.LightningModule):
         self.tokens_seen += (batch["targets"] != -100).sum() * self.trainer.world_size
         self.log("train/loss", out["loss"], prog_bar=True)
         self.log("train/tokens_seen", self.tokens_seen.float(), rank_zero_only=True)
+        # a logged "step" is the row's step (Lightning's own counter lags by one here): every file and
+        # logger counts optimizer steps done, as perf/* and the callbacks do
+        self.log("step", float(self.global_step + 1), rank_zero_only=True)
         if analyse:
             self.log_encoder(out)
         return out["loss"]
@@ -163,6 +166,7 @@ class LMBase(L.LightningModule):
                 metrics[f"{stage}/{name}/bpb"] = nll / math.log(2) / stats["n_bytes"]
             if full and stats.get("n_words"):
                 metrics[f"{stage}/{name}/word_ppl"] = torch.exp(nll / stats["n_words"])
+            metrics["step"] = float(self.global_step)  # the steps done when evaluated (see training_step)
             self.log_dict(metrics, rank_zero_only=False, sync_dist=False, add_dataloader_idx=False)
 
     def on_validation_epoch_end(self):

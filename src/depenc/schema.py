@@ -48,7 +48,7 @@ class ModelConfig:
     dropout: float = 0.0
     bias: bool = True  # biases in Linear and LayerNorm
     pos: str = field(default="learned", metadata=choices("learned", "alibi"))
-    # biased attention (DepEnc bias form, ALiBi): auto = lean on a machine without CUDA, else sdpa
+    # biased attention (DepEnc bias form, ALiBi): auto = flex on CUDA, lean on CPU (sdpa with dropout)
     attention_impl: str = field(default="auto", metadata=choices("auto", "sdpa", "lean", "flex"))
     compile: bool = False  # torch.compile the model (train.py)
     depenc: DepEncConfig = field(default_factory=DepEncConfig)
@@ -179,7 +179,15 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     log_encoder_every: int = 50
     deterministic: bool = False
-    enable_progress_bar: bool = False
+    progress: str = field(default="auto", metadata=choices("auto", "bar", "log", "off"))
+    progress_every_n_steps: int = 50
+
+
+@dataclass
+class EvalConfig:
+    """How validation/test perplexity (and ``evaluate ppl``) cut the token stream into windows."""
+
+    stride: int = 0  # 0 = non-overlapping blocks; S < block_size: windows every S tokens, each token scored once
 
 
 @dataclass
@@ -252,6 +260,16 @@ class ExcessCallbackConfig(EvalCallbackConfig):
 
 
 @dataclass
+class PairsCallbackConfig(EvalCallbackConfig):
+    enabled: bool = False
+    files: List[str] = field(default_factory=list)  # JSONL files or folders of them (BLiMP's format)
+    by: List[str] = field(default_factory=lambda: ["UID"])
+    batch_size: int = 32
+    n_bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass
 class EfficiencyCallbackConfig:
     enabled: bool = True
     log_every_n_steps: int = 0
@@ -263,6 +281,7 @@ class CallbacksConfig:
     generation: GenerationCallbackConfig = field(default_factory=GenerationCallbackConfig)
     agreement: AgreementCallbackConfig = field(default_factory=AgreementCallbackConfig)
     excess: ExcessCallbackConfig = field(default_factory=ExcessCallbackConfig)
+    pairs: PairsCallbackConfig = field(default_factory=PairsCallbackConfig)
     efficiency: EfficiencyCallbackConfig = field(default_factory=EfficiencyCallbackConfig)
 
 
@@ -276,6 +295,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
 

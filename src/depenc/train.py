@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -141,21 +143,34 @@ def build_loggers(cfg: DictConfig, run_dir: Path, run_info: dict) -> list:
 
         os.environ.setdefault("WANDB_SILENT", "true")
         tags = [cfg.model.kind, cfg.data.source, f"seed{cfg.seed}", *cfg.logger.wandb.tags]
-        loggers.append(
-            WandbLogger(
-                project=cfg.logger.wandb.project,
-                entity=cfg.logger.wandb.entity,
-                name=f"{cfg.exp}/{run_dir.name}",
-                id=run_info["wandb_id"],
-                group=experiment_group(cfg),
-                job_type=cfg.logger.wandb.job_type,
-                tags=tags,
-                save_dir=str(run_dir),
-                mode=mode,
-                resume="allow",
-            )
-        )
+        run_args = dict(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
+                        name=f"{cfg.exp}/{run_dir.name}", id=run_info["wandb_id"], group=experiment_group(cfg),
+                        job_type=cfg.logger.wandb.job_type, tags=tags, resume="allow")
+        experiment = start_wandb_run(run_args, run_dir, mode) if mode == "online" and is_launch_rank_zero() else None
+        loggers.append(WandbLogger(save_dir=str(run_dir), mode=mode, experiment=experiment, **run_args))
     return loggers
+
+
+WANDB_INIT_TIMEOUT_S = 15  # default of W&B's own WANDB_INIT_TIMEOUT for online runs (its default is 90 s)
+
+
+def start_wandb_run(run_args: dict, run_dir: Path, mode: str):
+    """The W&B run, started here rather than lazily by Lightning so that an online run whose server cannot
+    be reached within WANDB_INIT_TIMEOUT seconds goes on offline, saying so in one line, instead of
+    hanging and failing with a traceback."""
+    import wandb
+
+    timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", WANDB_INIT_TIMEOUT_S))
+    try:
+        return wandb.init(dir=str(run_dir), mode=mode, settings=wandb.Settings(init_timeout=timeout), **run_args)
+    except Exception as exc:  # wandb's CommError, UsageError (bad key), timeouts: all mean "not online now"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        print(f"wandb: no W&B server reachable within {timeout:g} s ({reason}); logging offline instead: "
+              f"`wandb sync {run_dir / 'wandb'}/offline-run-*` uploads the run later", file=sys.stderr, flush=True)
+        wandb.teardown()  # the failed attempt still holds the run id in W&B's service process
+        for empty in (run_dir / "wandb").glob(f"run-*-{run_args['id']}"):  # its folder holds no data
+            shutil.rmtree(empty, ignore_errors=True)
+        return wandb.init(dir=str(run_dir), mode="offline", **run_args)
 
 
 def read_final_metrics(metrics_csv: Path) -> dict[str, float]:
@@ -314,7 +329,7 @@ def segment_clock_callback(clock: SegmentClock):
             if clock.after_fit:
                 # Lightning counts a checkpoint as saved inside the loop, before its logging step counter
                 # moved on, and adds one on restore; one saved after fit would resume one step ahead
-                # (a gap in metrics.csv's step column)
+                # (its train rows would then fall on other steps than an uninterrupted run's)
                 checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
             if trainer.is_global_zero:
                 clock.save()
@@ -396,7 +411,7 @@ def prepare(cfg: DictConfig, resume_dir: Path | None):
     from depenc.data.datamodule import LMDataModule
     from depenc.lightning import CheckpointError, read_checkpoint
 
-    dm = LMDataModule(cfg.data, seed=cfg.seed)
+    dm = LMDataModule(cfg.data, seed=cfg.seed, eval_stride=cfg.eval.stride)
     dm.setup("fit")
     model_dict = build_model_config(cfg, dm.tokenizer)
     if model_dict["kind"] == "depenc" and model_dict["depenc"]["parser"] == "oracle":
@@ -433,14 +448,36 @@ def open_run_dir(cfg: DictConfig, resume_dir: Path | None, command: str, overrid
     return run_dir, run_info, segment
 
 
+# Lightning's messages that say nothing about this run (hardware it does not have, tips, the defaults
+# this project sets on purpose, a deprecation inside Lightning itself): dropped at their source
+HARMLESS_MESSAGES = ("GPU available: False", "TPU available:", "HPU available:", "💡 Tip:", "was configured so 100%",
+                     "`Trainer.fit` stopped: `max_steps=")
+HARMLESS_WARNINGS = (r"Experiment logs directory .* exists and is not empty",  # the folder holds config.yaml
+                     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                     r"Checkpoint directory .* exists and is not empty")  # a resume writes into its own folder
+
+
+class _DropHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(m in record.getMessage() for m in HARMLESS_MESSAGES)
+
+
+def quiet_harmless_noise() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropHarmless) for f in log.filters):
+            log.addFilter(_DropHarmless())
+    for pattern in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
 def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "", overrides: list[str] = ()) -> int:
     import lightning as L
 
     from depenc.data.sources import DataUnavailableError
 
     t0 = time.time()
-    # the run folder already holds config.yaml; the CSV logger warns about any non-empty folder
-    warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+    quiet_harmless_noise()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     try:
         dm, lm = prepare(cfg, resume_dir)
@@ -450,6 +487,8 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "", over
         return 2
     clock = SegmentClock(run_dir, run_info, segment, t0)
     rank_zero = is_launch_rank_zero()
+    if rank_zero:
+        print(f"{'resuming' if resume_dir is not None else 'run folder:'} {run_dir}", flush=True)
     try:
         previous_metrics = set_aside_metrics(run_dir) if resume_dir is not None and rank_zero else None
         if rank_zero:
@@ -460,10 +499,20 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "", over
             clock.save("interrupted" if isinstance(exc, KeyboardInterrupt) else f"failed: {type(exc).__name__}")
         raise
     if summary is not None:
-        print(f"run folder: {run_dir}")
+        print(f"finished: {run_dir}")
         for key in sorted(k for k in summary if k.endswith("/ppl") or k.endswith("/bpb")):
             print(f"  {key} = {summary[key]:.4f}" if summary[key] is not None else f"  {key} = n/a")
     return 0
+
+
+def save_best_after_fit(trainer, best, path: Path) -> None:
+    """best.ckpt always exists after a run: the final validation (outside fit, which ModelCheckpoint does
+    not see) may be the best one, and a run never validated during fit has no best.ckpt yet; without any
+    validation loss (limit_val_batches=0) best.ckpt is the last step."""
+    final = trainer.callback_metrics.get(best.monitor)
+    better = final is not None and (best.best_model_score is None or float(final) < float(best.best_model_score))
+    if better or not path.is_file():
+        trainer.save_checkpoint(str(path), weights_only=False)
 
 
 def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path | None,
@@ -473,16 +522,19 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from depenc.callbacks import build_callbacks
+    from depenc.callbacks.progress import Progress
 
     if cfg.model.compile:
         lm.model.compile()  # in place: checkpoints keep the plain parameter names
     ckpt_dir = str(run_dir / "checkpoints")
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"val/{dm.eval_set_names[0]}/loss", mode="min",
+                           save_top_k=1, save_on_train_epoch_end=False, auto_insert_metric_name=False)
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="last-{step}", save_last=True, save_top_k=0,
                         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_on_train_epoch_end=False),
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"val/{dm.eval_set_names[0]}/loss", mode="min",
-                        save_top_k=1, save_on_train_epoch_end=False, auto_insert_metric_name=False),
+        best,
         segment_clock_callback(clock),
+        Progress(cfg.trainer.progress, cfg.trainer.progress_every_n_steps),
         *build_callbacks(cfg, dm, run_dir),
     ]
     t = cfg.trainer
@@ -501,7 +553,7 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=False,  # the Progress callback counts steps, not batches of an epoch
         enable_model_summary=False,
         logger=build_loggers(cfg, run_dir, run_info) or False,
         callbacks=callbacks,
@@ -513,6 +565,7 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
     trainer.save_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"), weights_only=False)  # = with optimiser state
     if t.val_check_interval and trainer.global_step % t.val_check_interval:
         trainer.validate(lm, datamodule=dm, verbose=False)  # final val/... metrics at the last step
+    save_best_after_fit(trainer, best, run_dir / "checkpoints" / "best.ckpt")
     if t.test_at_end:
         trainer.test(lm, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:

@@ -5,6 +5,7 @@
 * :class:`~depenc.callbacks.generation.GenerationCallback`: samples and their statistics (4.3);
 * :class:`~depenc.callbacks.agreement.AgreementCallback`: subject-verb agreement minimal pairs (4.4);
 * :class:`~depenc.callbacks.excess.ExcessCallback`: excess loss over the synthetic grammar's exact optimum;
+* :class:`~depenc.callbacks.pairs.PairsCallback`: minimal pairs in BLiMP's format (off by default);
 * :class:`~depenc.callbacks.efficiency.EfficiencyMonitor`: tokens/s, step time, peak memory (6).
 
 The evaluations themselves are functions in :mod:`depenc.evaluation`, shared with the command line
@@ -174,6 +175,7 @@ EVAL_CALLBACKS = {  # config key -> (module, class)
     "generation": ("depenc.callbacks.generation", "GenerationCallback"),
     "agreement": ("depenc.callbacks.agreement", "AgreementCallback"),
     "excess": ("depenc.callbacks.excess", "ExcessCallback"),
+    "pairs": ("depenc.callbacks.pairs", "PairsCallback"),
 }
 
 

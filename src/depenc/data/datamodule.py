@@ -3,8 +3,9 @@
 Token stream of a split: ``[eos] + doc1 + [eos] + doc2 + [eos] + ...`` (``<eos>`` also opens the
 stream, so the first token of every document has context). Training blocks are ``block_size + 1``
 tokens cut at stride ``block_size`` (inputs ``x[:-1]``, targets ``x[1:]``), shuffled each epoch by
-a seeded generator. Evaluation blocks are non-overlapping and cover every predicted token exactly
-once; the final partial block is padded with ``<eos>`` inputs and ``IGNORE_INDEX`` targets.
+a seeded generator. Evaluation blocks are non-overlapping (or sliding windows, ``eval.stride``) and
+score every predicted token exactly once; the final partial block is padded with ``<eos>`` inputs and
+``IGNORE_INDEX`` targets.
 
 Cache layout (``cache_dir/<key[:16]>/``, written to a temporary folder and renamed):
 
@@ -117,15 +118,25 @@ class TrainBlocks(Dataset):
 
 
 class EvalBlocks(Dataset):
-    """Non-overlapping blocks covering every predicted token (stream[1:]) exactly once."""
+    """Windows of ``block_size`` inputs that score every predicted token (stream[1:]) exactly once.
 
-    def __init__(self, stream: np.ndarray, block_size: int, pad_id: int = 0, arcs=None):
+    ``stride`` 0 (= block_size): non-overlapping blocks. A stride S < T: window i starts at token i * S and
+    scores only the tokens no earlier window scored (the first window all, later ones their last S), so
+    every token after the first window is predicted with at least T - S tokens of context (Hugging Face's
+    "perplexity of fixed-length models"). Unscored targets are ``IGNORE_INDEX``: the loss sums need no mask
+    of their own."""
+
+    def __init__(self, stream: np.ndarray, block_size: int, pad_id: int = 0, arcs=None, stride: int = 0):
         self.stream = stream
         self.block_size = block_size
+        self.stride = int(stride) or block_size
+        if not 0 < self.stride <= block_size:
+            raise ValueError(f"eval stride must be in [0, block_size={block_size}], got {stride}")
         self.pad_id = pad_id
         self.arcs = arcs  # GoldArcs (oracle analysis mode) or None
         self.n_predicted = len(stream) - 1
-        self.n = math.ceil(self.n_predicted / block_size)
+        # the first window, then one per stride until the last token is scored
+        self.n = 1 + math.ceil(max(0, self.n_predicted - block_size) / self.stride) if self.n_predicted > 0 else 0
 
     def __len__(self) -> int:
         return self.n
@@ -134,13 +145,14 @@ class EvalBlocks(Dataset):
         if not 0 <= i < self.n:
             raise IndexError(i)
         T = self.block_size
-        s = i * T
-        m = min(T, self.n_predicted - s)  # predicted tokens in this block
+        s = i * self.stride
+        m = min(T, self.n_predicted - s)  # predicted tokens in this window
+        seen = 0 if i == 0 else T - self.stride  # its first tokens, scored by the window before
         chunk = np.asarray(self.stream[s : s + m + 1], dtype=np.int64)
         x = torch.full((T,), self.pad_id, dtype=torch.long)
         y = torch.full((T,), IGNORE_INDEX, dtype=torch.long)
         x[:m] = torch.from_numpy(chunk[:-1])
-        y[:m] = torch.from_numpy(chunk[1:])
+        y[seen:m] = torch.from_numpy(chunk[1 + seen :])
         item = {"input_ids": x, "targets": y}
         if self.arcs is not None:
             item["gold_M"] = self.arcs.matrix(s, T)
@@ -166,10 +178,11 @@ class LMDataModule(L.LightningDataModule):
     ``n_words`` or None, ``n_docs``), ``cache_key``, ``cache_path``, ``cache_hit``.
     """
 
-    def __init__(self, data_cfg: Any, seed: int = 0):
+    def __init__(self, data_cfg: Any, seed: int = 0, eval_stride: int = 0):
         super().__init__()
         self.cfg = normalise_data_cfg(data_cfg)
         self.seed = int(seed)
+        self.eval_stride = int(eval_stride)  # eval.stride: windows of the validation/test sets (EvalBlocks)
         self.block_size = int(self.cfg["block_size"])
         self.batch_size = int(self.cfg["batch_size"])
         self.num_workers = int(self.cfg["num_workers"])
@@ -445,7 +458,7 @@ class LMDataModule(L.LightningDataModule):
     def eval_dataset(self, split: str) -> EvalBlocks:
         self._require_setup()
         return EvalBlocks(self.streams[split], self.block_size, pad_id=self.tokenizer.eos_id,
-                          arcs=getattr(self, "_gold", {}).get(split))
+                          arcs=getattr(self, "_gold", {}).get(split), stride=self.eval_stride)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset(), shuffle=True)

@@ -31,10 +31,11 @@ def nll_of_blocks(model, blocks, batch_size: int = 16) -> tuple[float, int]:
     return total, count
 
 
-def perplexity(model, tokenizer, documents: Sequence[str], batch_size: int = 16) -> dict:
+def perplexity(model, tokenizer, documents: Sequence[str], batch_size: int = 16, stride: int = 0) -> dict:
     """Token ppl, bits per byte (UTF-8 bytes of the documents + one per closing ``<eos>``, as in
     training) and word ppl (whitespace words + one per ``<eos>``) of the documents joined with
-    ``<eos>`` (``[eos] d1 [eos] d2 [eos] ...``), in non-overlapping blocks of the model's context."""
+    ``<eos>`` (``[eos] d1 [eos] d2 [eos] ...``), in non-overlapping blocks of the model's context
+    (``stride`` 0) or sliding windows every ``stride`` tokens, each token scored once (``EvalBlocks``)."""
     from depenc.data.datamodule import EvalBlocks
 
     eos = tokenizer.eos_id
@@ -42,7 +43,7 @@ def perplexity(model, tokenizer, documents: Sequence[str], batch_size: int = 16)
     for d in documents:
         stream.extend(tokenizer.encode(d))
         stream.append(eos)
-    blocks = EvalBlocks(np.asarray(stream, dtype=np.int64), int(model.cfg.block_size), pad_id=eos)
+    blocks = EvalBlocks(np.asarray(stream, dtype=np.int64), int(model.cfg.block_size), pad_id=eos, stride=stride)
     nll, n = nll_of_blocks(model, blocks, batch_size)
     n_text = len(stream) - len(documents) - 1  # tokens of the documents, without the <eos> separators
     unk = tokenizer.unk_id
@@ -60,6 +61,7 @@ def perplexity(model, tokenizer, documents: Sequence[str], batch_size: int = 16)
         "n_words": n_words,
         "word_ppl": math.exp(nll / n_words) if n_words else float("nan"),
         "block_size": int(model.cfg.block_size),
+        "stride": blocks.stride,
         # share of the documents' tokens that are <unk> (None: the tokenizer has no <unk>, e.g. byte BPE)
         "unk_rate": n_unk / n_text if unk is not None and n_text else (None if unk is None else 0.0),
     }

@@ -46,9 +46,11 @@ def explicit_attention(q, k, v, bias):
 
 
 def resolve_attention_impl(cfg: ModelConfig) -> str:
+    """auto: by device at call time (FlexAttention on CUDA, lean on CPU), SDPA with dropout (neither of the
+    other two has attention dropout)."""
     if cfg.attention_impl != "auto":
         return cfg.attention_impl
-    return "sdpa" if torch.cuda.is_available() or cfg.dropout > 0 else "lean"
+    return "sdpa" if cfg.dropout > 0 else "auto"
 
 
 class CausalSelfAttention(nn.Module):

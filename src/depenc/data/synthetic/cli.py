@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Sequence
 
-from .corpus import make_split, minimal_pairs, split_stats, to_conllu
+from .corpus import make_split, minimal_pairs, pair_record, split_stats, to_conllu
 from .exact import DEFAULT_CACHE_DIR, REFERENCES, floor
 from .grammar import SPLITS, SyntheticConfig, get_grammar
 
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a split as CoNLL-U")
     common(p)
     p.add_argument("--out", required=True)
-    p = sub.add_parser("pairs", help="write agreement minimal pairs as JSONL")
+    p = sub.add_parser("pairs", help="write agreement minimal pairs as JSONL (BLiMP's fields + distance, attractors, ...)")
     common(p)
     p.add_argument("--out", required=True)
     p = sub.add_parser("check", help="recognise one sentence per line: OK or BAD <index>")
@@ -120,12 +120,8 @@ def _run(args: argparse.Namespace) -> None:
         sents = make_split(cfg, args.split)
         pairs = minimal_pairs(sents, cfg)
         with open(args.out, "w", encoding="utf-8") as f:
-            for p_ in pairs:
-                f.write(json.dumps({"good": " ".join(p_.good_sentence),
-                                    "bad": " ".join(p_.bad_sentence),
-                                    "distance": p_.distance, "attractors": p_.attractors,
-                                    "prefix": " ".join(p_.prefix), "good_verb": p_.good,
-                                    "bad_verb": p_.bad, "number": p_.number}) + "\n")
+            for i, p_ in enumerate(pairs):
+                f.write(json.dumps(pair_record(p_, i)) + "\n")
         print(f"wrote {len(pairs)} pairs from {len(sents)} sentences to {args.out}",
               file=sys.stderr)
     elif args.cmd == "check":

@@ -85,6 +85,20 @@ def minimal_pairs(sentences: Iterable[Sentence], cfg: SyntheticConfig | None = N
     return out
 
 
+def pair_record(p: MinimalPair, pair_id: int) -> dict:
+    """One pair as a line of BLiMP's JSONL (``sentence_good``, ``sentence_bad``, ``field``,
+    ``linguistics_term``, ``UID`` = ``agreement_distance_<words between subject and verb>``, ``pairID`` and
+    the one-prefix fields, the verb being the word after the prefix), followed by the grammar's own
+    fields (``distance``, ``attractors``, ``number``, ...): ``python -m depenc.evaluate pairs`` reads it."""
+    good, bad, prefix = " ".join(p.good_sentence), " ".join(p.bad_sentence), " ".join(p.prefix)
+    return {"sentence_good": good, "sentence_bad": bad, "field": "syntax", "linguistics_term": "subject_verb_agreement",
+            "UID": f"agreement_distance_{p.distance}", "simple_LM_method": True, "one_prefix_method": True,
+            "two_prefix_method": False, "lexically_identical": False, "pairID": str(pair_id),
+            "one_prefix_prefix": prefix, "one_prefix_word_good": p.good, "one_prefix_word_bad": p.bad,
+            "good": good, "bad": bad, "distance": p.distance, "attractors": p.attractors, "prefix": prefix,
+            "good_verb": p.good, "bad_verb": p.bad, "number": p.number}
+
+
 # --------------------------------------------------------------------------------------------------
 # Tree utilities, CoNLL-U, statistics
 # --------------------------------------------------------------------------------------------------
