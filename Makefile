@@ -12,10 +12,17 @@ JOBS ?=
 GPUS ?=
 EXPS ?= baseline_matched_small depenc_small
 SEEDS ?= 1 2 3
+GROUP ?= small
+# LitData (the token pipeline) declares torchvision, whose PyPI build does not load beside the CPU build of
+# torch 2.13.0 (and is not needed for tokens): installed without it; its other needs are in pyproject.toml
+LITDATA_VERSION := 0.2.76
+EXPS_DASH ?=
+CKPT ?=
+OUT ?=
 export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all clean sweep compare notebook bench
+.PHONY: help setup train test test-all clean sweep compare notebook bench dashboard export gpu-check
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -30,6 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps "litdata==$(LITDATA_VERSION)"
 	touch $@
 
 train: setup ## Train EXP (default depenc_small); ARGS="key=value ..."; RESUME=<run folder> continues a run
@@ -51,8 +59,17 @@ notebook: setup ## Open notebooks/01-analyze-generations.ipynb in JupyterLab (ne
 	@$(PY) -c "import jupyterlab" 2>/dev/null || { echo 'JupyterLab is not installed: $(PY) -m pip install -e ".[notebook]"'; exit 1; }
 	$(PY) -m jupyter lab notebooks/01-analyze-generations.ipynb
 
-bench: setup ## Training tokens/s and peak memory: baseline vs DepEnc vs GPT-2 (transformers) at T=128..1024 -> reports/bench/
+bench: setup ## Training tokens/s and peak memory (+ memory/baseline): baseline vs DepEnc vs GPT-2 at T=128..2048 (ARGS="--preset gpt2-small --precision bf16") -> reports/bench/
 	$(PY) -m depenc.bench --out reports/bench $(ARGS)
+
+dashboard: setup ## W&B report for the experiments *_GROUP (default small): reports/dashboard-GROUP.json offline; ARGS=--publish saves it online (needs a W&B key)
+	$(PY) -m depenc.dashboard --group $(GROUP) $(if $(EXPS_DASH),--exps $(EXPS_DASH)) $(ARGS)
+
+export: setup ## transformers folder from a checkpoint: make export CKPT=runs/<exp>/<run_id>/checkpoints/best.ckpt OUT=exports/<name>
+	$(PY) -m depenc.export hf --ckpt $(CKPT) --out $(OUT) $(ARGS)
+
+gpu-check: ## The prepared GPU check (Flex vs SDPA, bf16+compile loss curves, bench at T=1024/2048) -> $OUT or reports/gpu_check/
+	bash scripts/gpu_check.sh $(ARGS)
 
 clean: ## Remove caches and build artefacts (keeps runs/ and .venv)
 	rm -rf .cache build src/*.egg-info .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -144,13 +145,15 @@ def test_stream_layout_and_train_blocks(tmp_path, text_files):
     starts = dm.doc_offsets("train")
     assert len(starts) == len(docs) and stream[starts[0] - 1] == tok.eos_id
 
-    ds = dm.train_dataset()
-    assert len(ds) == (len(stream) - 1) // T
-    for i in (0, 1, len(ds) - 1):
-        item = ds[i]
-        assert item["input_ids"].tolist() == stream[i * T : i * T + T].tolist()
-        assert item["targets"].tolist() == stream[i * T + 1 : i * T + T + 1].tolist()
-        assert torch.equal(item["targets"][:-1], item["input_ids"][1:])
+    # one chunk: non-overlapping blocks of T + 1 tokens, in stream order without shuffling
+    ds = dm.train_dataset(shuffle=False)
+    assert ds.n_blocks == len(ds) == len(stream) // (T + 1)
+    for i, item in enumerate(ds):
+        s = ds.block_start(i)
+        assert s == i * (T + 1)
+        assert item["input_ids"].tolist() == stream[s : s + T].tolist()
+        assert item["targets"].tolist() == stream[s + 1 : s + T + 1].tolist()
+    assert i == ds.n_blocks - 1
 
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"input_ids", "targets"}
@@ -161,6 +164,41 @@ def test_stream_layout_and_train_blocks(tmp_path, text_files):
     other = next(iter(_dm(_cfg(tmp_path, text_files), seed=1).train_dataloader()))
     assert torch.equal(batch["input_ids"], again["input_ids"])
     assert not torch.equal(batch["input_ids"], other["input_ids"])
+
+
+def test_train_chunks_do_not_depend_on_the_build_workers(tmp_path, monkeypatch):
+    """A corpus of several shards and groups: built in this process (build_workers=1) and by two
+    litdata.optimize workers, the train split has the same chunks; its stream is the documents in order,
+    its document offsets point at them, and every training block sits where block_start says."""
+    from depenc.data import pipeline
+
+    monkeypatch.setattr(sources, "SHARD_BYTES", 600)
+    monkeypatch.setattr(pipeline, "GROUP_BYTES", 250)
+    lines = _sentences(120)
+    paths = []
+    for k in range(2):
+        p = tmp_path / f"train{k}.txt"
+        p.write_text("\n".join(lines[60 * k : 60 * (k + 1)]) + "\n", encoding="utf-8")
+        paths.append(str(p))
+    cfg = {"source": "text", "tokenizer": "word", "block_size": 8, "batch_size": 4,
+           "text": {"train": paths, "validation": paths[0], "test": paths[1], "whitespace": True}}
+    built = {}
+    for workers in (1, 2):
+        dm = _dm({**cfg, "build_workers": workers, "cache_dir": str(tmp_path / f"cache{workers}")})
+        with open(os.path.join(dm.cache_path, "train", "index.json")) as f:
+            chunks = [c["dim"] for c in json.load(f)["chunks"]]
+        built[workers] = (chunks, np.asarray(dm.stream("train")), np.asarray(dm.doc_offsets("train")))
+    assert built[1][0] == built[2][0] and len(built[1][0]) > 4  # several shards of several groups
+    assert np.array_equal(built[1][1], built[2][1]) and np.array_equal(built[1][2], built[2][2])
+    stream, starts = built[2][1], built[2][2]
+    tok = dm.tokenizer
+    assert stream.tolist() == [tok.eos_id] + [i for line in lines for i in tok.encode(line) + [tok.eos_id]]
+    assert [tok.decode(stream[a : b - 1]) for a, b in zip(starts, list(starts[1:]) + [len(stream)])] == lines
+    ds = dm.train_dataset(shuffle=False)
+    assert ds.n_blocks == sum(n // 9 for n in built[2][0])
+    for i, item in enumerate(ds):
+        s = ds.block_start(i)
+        assert item["input_ids"].tolist() == stream[s : s + 8].tolist() and item["targets"][-1] == stream[s + 8]
 
 
 @pytest.mark.parametrize("kind", ["word", "char", "bpe"])
@@ -269,15 +307,15 @@ def test_cache_reused_then_rebuilt(tmp_path, text_files, monkeypatch):
     first = _dm(cfg)
     assert first.cache_hit is False
     assert sorted(os.listdir(first.cache_path)) == [
-        "meta.json", "test.docs.npy", "test.npy", "tokenizer.json",
-        "train.docs.npy", "train.npy", "validation.docs.npy", "validation.npy",
+        "meta.json", "test.docs.npy", "test.npy", "test.text.jsonl", "tokenizer.json",
+        "train", "train.docs.npy", "validation.docs.npy", "validation.npy", "validation.text.jsonl",
     ]
 
     def no_loading(*a, **k):
-        raise AssertionError("the corpus must not be loaded on a cache hit")
+        raise AssertionError("the corpus must not be read on a cache hit")
 
     with monkeypatch.context() as m:
-        m.setattr(sources, "load_corpus", no_loading)
+        m.setattr(sources, "plan_corpus", no_loading)
         t0 = time.perf_counter()
         second = _dm({**cfg, "batch_size": 2, "num_workers": 0, "block_size": 4})  # not in the key
         assert time.perf_counter() - t0 < 2.0
@@ -285,8 +323,8 @@ def test_cache_reused_then_rebuilt(tmp_path, text_files, monkeypatch):
         assert second.split_stats["train"]["n_tokens"] == first.split_stats["train"]["n_tokens"]
         assert second.tokenizer.encode(ROUND_TRIP) == first.tokenizer.encode(ROUND_TRIP)
         assert next(iter(second.train_dataloader()))["input_ids"].shape == (2, 4)
-    # documents() loads the corpus lazily after a cache hit
-    assert [d.text for d in second.documents("test")] == text_files["lines"]["test"]
+        # an evaluation split's documents come from the cache
+        assert [d.text for d in second.documents("test")] == text_files["lines"]["test"]
     # setup is idempotent
     second.setup("fit")
     assert second.cache_hit is True
@@ -314,6 +352,27 @@ def test_incomplete_cache_is_rebuilt(tmp_path, text_files):
     again = _dm(cfg)
     assert again.cache_hit is False
     assert os.path.isfile(os.path.join(again.cache_path, "validation.npy"))
+    chunk = next((Path(again.cache_path) / "train").glob("chunk-*.bin"))
+    chunk.write_bytes(chunk.read_bytes()[:-3])  # truncated
+    third = _dm(cfg)
+    assert third.cache_hit is False and chunk.stat().st_size == len(chunk.read_bytes()) > 0
+    assert np.array_equal(np.asarray(third.stream("train")), np.asarray(first.stream("train")))
+
+
+def test_cache_from_a_remote_dir(tmp_path, text_files, monkeypatch):
+    """A cache built with data.remote_dir is copied there; a machine without it uses that copy (small files
+    fetched, train chunks read in place) without reading the corpus, and gives the same batches."""
+    remote = tmp_path / "remote"
+    cfg = _cfg(tmp_path, text_files, remote_dir=str(remote))
+    first = _dm(cfg)
+    key = first.cache_key[:16]
+    assert (remote / key / "meta.json").is_file() and list((remote / key / "train").glob("chunk-*.bin"))
+    monkeypatch.setattr(sources, "plan_corpus", lambda *a, **k: pytest.fail("the corpus was read"))
+    other = _dm({**cfg, "cache_dir": str(tmp_path / "elsewhere")})
+    assert other.cache_key == first.cache_key and not list(Path(other.cache_path).glob("train/chunk-*"))
+    assert torch.equal(next(iter(other.train_dataloader()))["input_ids"], next(iter(first.train_dataloader()))["input_ids"])
+    assert np.array_equal(np.asarray(other.stream("validation")), np.asarray(first.stream("validation")))
+    assert _dm({**cfg, "cache_dir": str(tmp_path / "elsewhere")}).cache_hit is True
 
 
 # ------------------------------------------------------------------------------------ eval sets
@@ -490,3 +549,88 @@ def test_synthetic_source(tmp_path):
         assert (np.asarray(dm.stream(name)) != dm.tokenizer.unk_id).all()
     assert len(dm.test_dataloader()) == 2
     assert _dm(cfg).cache_hit is True
+
+
+def test_train_blocks_carry_the_gold_arcs_of_their_place_in_the_stream(tmp_path):
+    """Oracle mode: each (shuffled) training block's gold_M is the gold matrix at its own stream offset."""
+    from depenc.data.gold import GoldArcs
+
+    cfg = {"source": "synthetic", "tokenizer": "word", "block_size": 16, "batch_size": 4,
+           "cache_dir": str(tmp_path / "cache"),
+           "synthetic": {"n_train": 60, "n_validation": 20, "n_test": 20, "n_test_long": 5}}
+    dm = _dm(cfg)
+    dm.enable_gold_arcs("next")
+    stream, gold = np.asarray(dm.stream("train")), dm._gold["train"]
+    assert isinstance(gold, GoldArcs)
+    ds = dm.train_dataset()
+    starts = {ds.block_start(i): i for i in range(ds.n_blocks)}
+    seen = 0
+    for item in ds:
+        matches = [s for s in starts if stream[s : s + 16].tolist() == item["input_ids"].tolist()]
+        assert any(torch.equal(item["gold_M"], gold.matrix(s, 16)) for s in matches)
+        seen += 1
+    assert seen == ds.n_blocks and bool(item["gold_M"].sum() > 0)
+
+
+# ------------------------------------------------------------------------------------ Hugging Face (local folder)
+
+
+@pytest.mark.parametrize("streaming", [True, False])
+def test_hf_local_folder_streamed_or_downloaded_equals_the_text_source(tmp_path, text_files, monkeypatch, streaming):
+    """data.source=hf reads a local folder of JSONL files as datasets.load_dataset does (one split per
+    file); streamed (data.hf.streaming) or not, its streams are those of the same documents as text files."""
+    import datasets.config
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for split, lines in text_files["lines"].items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps({"text": t, "n": i}) + "\n" for i, t in enumerate(lines)))
+    hf = _dm({"source": "hf", "tokenizer": "word", "block_size": 8, "batch_size": 4, "cache_dir": str(tmp_path / "c"),
+              "hf": {"name": str(folder), "streaming": streaming, "whitespace": True}})
+    text = _dm(_cfg(tmp_path, text_files))
+    for split in ("train", "validation", "test"):
+        assert np.array_equal(np.asarray(hf.stream(split)), np.asarray(text.stream(split))), split
+        assert hf.split_stats[split] == text.split_stats[split]
+    bad = {"source": "hf", "cache_dir": str(tmp_path / "c"), "hf": {"name": str(folder), "text_field": "body",
+                                                                       "streaming": streaming}}
+    with pytest.raises(ValueError, match="text_field='body' is not a column"):
+        _dm(bad)
+
+
+def test_eval_shards_cover_every_block_once():
+    """Under DDP each rank evaluates a contiguous share of the blocks: all of them, none twice, no padding."""
+    from depenc.data.datamodule import EvalShard
+
+    for n in (7, 10, 3):
+        for world in (1, 2, 3):
+            shares = [list(EvalShard(range(n), world, rank)) for rank in range(world)]
+            assert [i for share in shares for i in share] == list(range(n))
+            assert max(map(len, shares)) - min(map(len, shares)) <= 1
+            assert [len(EvalShard(range(n), world, rank)) for rank in range(world)] == list(map(len, shares))
+
+
+def test_concurrent_setups_build_the_cache_once(tmp_path, text_files, monkeypatch):
+    """Processes (here threads) that start together -- torchrun's ranks -- build the cache once: the first
+    takes the build lock, the others wait for it and then find the cache."""
+    import threading
+
+    from depenc.data import pipeline
+
+    builds, real_build = [], pipeline.build
+
+    def slow_build(*args, **kwargs):
+        builds.append(threading.get_ident())
+        time.sleep(0.3)  # the other setups arrive while this one builds
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "build", slow_build)
+    dms = [LMDataModule(_cfg(tmp_path, text_files)) for _ in range(3)]
+    threads = [threading.Thread(target=dm.setup) for dm in dms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and sorted(dm.cache_hit for dm in dms) == [False, True, True]
+    assert len({dm.cache_path for dm in dms}) == 1 and all(dm.split_stats == dms[0].split_stats for dm in dms)

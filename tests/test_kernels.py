@@ -98,3 +98,28 @@ def test_auto_is_lean_on_cpu_and_sdpa_with_dropout():
     T = q.size(2)
     base = torch.full((T, T), float("-inf")).triu(1)
     assert torch.equal(BIASED_BACKENDS["auto"](q, k, v, base, beta, log_M), lean_biased(q, k, v, base, beta, log_M))
+
+
+@pytest.mark.slow  # compiles FlexAttention and two tiny models for training on CPU (~2 min)
+def test_gpu_check_script_runs_every_part_in_tiny_mode(tmp_path):
+    """scripts/gpu_check.sh --tiny on this machine: the script a GPU session runs is known to work."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh", "--tiny"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(report["parts"]) == {"flex", "train", "bench"} and all(p["ok"] for p in report["parts"].values())
+    flex = report["parts"]["flex"]
+    assert flex["kernels"][0]["out_rel_err"] <= 1e-4 and flex["model"]["attention_impl"] == "flex"
+    for run in report["parts"]["train"]["runs"].values():
+        assert run["end_loss"] < run["start_loss"] and len(run["curve"]) == 4
+    rows = report["parts"]["bench"]["bench_sdpa"]["train"]
+    assert {r["attention_impl"] for r in rows} == {"sdpa"} and {r["model"] for r in rows} == {"depenc"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench", "bench_sdpa", "gpu_check.json", "gpu_check.md", "log.txt"]

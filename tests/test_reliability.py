@@ -316,11 +316,11 @@ def test_damaged_cache_is_rebuilt(tmp_path):
     cfg = load_config("debug", [f"data.cache_dir={tmp_path}", *TINY[6:10]])
     first = LMDataModule(cfg.data, seed=0)
     first.setup("fit")
-    train_npy = Path(first.cache_path) / "train.npy"
-    train_npy.write_bytes(train_npy.read_bytes()[:500])
+    chunk = next((Path(first.cache_path) / "train").glob("chunk-*.bin"))
+    chunk.write_bytes(chunk.read_bytes()[:500])
     again = LMDataModule(cfg.data, seed=0)
     again.setup("fit")
-    assert not again.cache_hit and len(again.streams["train"]) == len(first.streams["train"])
+    assert not again.cache_hit and len(again.stream("train")) == first.split_stats["train"]["n_tokens"] + 1
 
 
 # ---- kill -9 twice, resumed each time (slow) -------------------------------------------------------
@@ -348,8 +348,11 @@ def kill_after_checkpoint(cmd: list[str], last: Path, step_at_least: int) -> int
 
 @pytest.mark.slow
 def test_killed_twice_and_resumed_matches_an_uninterrupted_run(tmp_path):
+    """kill -9 at two checkpoints (the train split is 23 batches: the run crosses epochs, before and after
+    each resume), resumed each time: every logged loss equals the uninterrupted run's, bit for bit (the
+    loader's position is in the checkpoint)."""
     args = ["trainer.max_steps=120", "trainer.checkpoint_every_n_steps=20", "trainer.val_check_interval=40",
-            "trainer.log_every_n_steps=5", "trainer.test_at_end=false", *TINY[4:]]
+            "trainer.log_every_n_steps=5", "trainer.test_at_end=false", "trainer.deterministic=true", *TINY[4:]]
     assert train.main(["debug", *tiny_overrides(tmp_path / "a", "run.name=u", *args)]) == 0
     run_dir = tmp_path / "b" / "runs" / "debug" / "k"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -359,10 +362,14 @@ def test_killed_twice_and_resumed_matches_an_uninterrupted_run(tmp_path):
     assert 0 < first < second < 120
     assert train.main(["--resume", str(run_dir)]) == 0
 
-    def steps(d: Path) -> list[int]:
-        return sorted({int(r["step"]) for r in train.read_rows(d / "metrics.csv") if r.get("train/loss")})
+    def losses(d: Path, key: str) -> dict[int, str]:
+        return {int(r["step"]): r[key] for r in train.read_rows(d / "metrics.csv") if r.get(key)}
 
-    assert steps(run_dir) == steps(tmp_path / "a" / "runs" / "debug" / "u")
+    uninterrupted = tmp_path / "a" / "runs" / "debug" / "u"
+    for key in ("train/loss", "val/validation/loss"):
+        assert losses(run_dir, key) == losses(uninterrupted, key), key
+    assert sorted(losses(run_dir, "train/loss")) == list(range(5, 121, 5))
+    assert sorted(losses(run_dir, "val/validation/loss")) == [40, 80, 120]
     info = json.loads((run_dir / "run.json").read_text())
     assert [s["status"] for s in info["segments"]] == ["running", "running", "done"]
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 120
@@ -417,7 +424,7 @@ def test_progress_lines_when_not_a_terminal():
     assert [line.split(" |")[0] for line in lines[:2]] == ["step 2/4 (50%)", "step 4/4 (100%)"], lines
     assert all("loss 2.5000" in line and "tok/s" in line and "eta" in line for line in lines[:2])
     assert lines[2] == "step 4: validation ppl 12.346"
-    assert Progress("off", stream=stream).mode == "off"
+    assert Progress("none", stream=stream).mode == "none"
     assert [format_duration(s) for s in (5, 62, 3725)] == ["5s", "1m02s", "1h02m"]
 
 
@@ -459,3 +466,40 @@ def test_wandb_key_and_no_server_trains_offline(tmp_path):
     offline = list((tmp_path / "runs" / "debug" / "o" / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and next(offline[0].glob("*.wandb")).stat().st_size > 0
     assert time.time() - t0 < 120
+
+
+# ---- budgets in tokens (issue 15) ------------------------------------------------------------------
+def test_token_budget_derives_steps_and_accumulation(tmp_path, capsys):
+    from depenc.config import load_config
+
+    cfg = load_config("debug", ["data.batch_size=4", "data.block_size=32", "trainer.global_batch_tokens=256",
+                                "trainer.max_tokens=2560", "optim.warmup_tokens=512"])
+    assert train.accumulation(cfg) == 2
+    train.apply_token_budget(cfg)
+    assert (cfg.trainer.max_steps, cfg.optim.warmup_steps) == (10, 2)
+    cfg = load_config("debug", ["trainer.devices=2", "data.batch_size=4", "data.block_size=32",
+                                "trainer.global_batch_tokens=256", "trainer.max_tokens=2500"])
+    assert train.accumulation(cfg) == 1 and (train.apply_token_budget(cfg) or cfg.trainer.max_steps) == 10
+    rc = train.main(["debug", *tiny_overrides(tmp_path, "data.batch_size=4", "data.block_size=32",
+                                              "trainer.global_batch_tokens=200")])
+    assert_one_line_error(rc, capsys.readouterr().err, "trainer.global_batch_tokens=200", "use 256")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_accumulation_trains_like_the_whole_batch(tmp_path):
+    """The same tokens per step in two micro-batches (accumulation 2) or one batch: the same losses
+    (the shuffled order does not depend on the batch size)."""
+    base = ["trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.log_every_n_steps=1",
+            "trainer.global_batch_tokens=512", "data.block_size=32", "optim.warmup_steps=0", "model.dropout=0",
+            *TINY[5:]]  # all of validation: limit_val_batches would count batches of different sizes
+    losses = {}
+    for batch in (16, 8):
+        assert train.main(["debug", *tiny_overrides(tmp_path / str(batch), "run.name=a", f"data.batch_size={batch}",
+                                                    *base)]) == 0
+        rows = train.read_rows(tmp_path / str(batch) / "runs" / "debug" / "a" / "metrics.csv")
+        losses[batch] = ([float(r["train/loss"]) for r in rows if r.get("train/loss")],
+                         [float(r["val/validation/loss"]) for r in rows if r.get("val/validation/loss")])
+    summary = json.loads((tmp_path / "8" / "runs" / "debug" / "a" / "summary.json").read_text())
+    assert summary["global_step"] == 4 and summary["tokens_seen"] == 4 * 512
+    assert len(losses[8][1]) == 2  # validation every 2 optimizer steps, not every 2 micro-batches
+    assert losses[8][1] == pytest.approx(losses[16][1], abs=1e-5), losses

@@ -83,6 +83,31 @@ def test_ddp_two_cpu_processes_rank_zero_outputs_and_resume(tmp_path):
     assert not (run_dir / "metrics.before_resume.csv").exists()
 
 
+@pytest.mark.slow
+def test_ddp_validation_equals_one_process(tmp_path):
+    """Two gloo processes share the validation blocks unevenly (the split has an odd number of them), with no
+    block repeated or left out: the logged loss equals one process's over the whole split to 1e-6, and bits
+    per byte and word perplexity are logged."""
+    from depenc.data.datamodule import LMDataModule
+    from depenc.evaluate import load_run
+    from depenc.evaluation.likelihood import nll_of_blocks
+
+    ddp = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.dist_timeout_s=120"]
+    train_cli(["debug", *tiny_overrides(tmp_path, *ddp, *QUIET, "callbacks.excess.enabled=false", "run.name=d",
+                                        "trainer.max_steps=4", "trainer.val_check_interval=4")])
+    run_dir = run_dirs(tmp_path)[0]
+    (row,) = [r for r in metric_rows(run_dir) if r.get("val/validation/loss")]
+    assert row["val/validation/bpb"] and row["val/validation/word_ppl"]
+    _, model, _, run_config = load_run(str(run_dir / "checkpoints" / "last.ckpt"), "cpu")
+    dm = LMDataModule(run_config["data"], seed=run_config["seed"])
+    dm.setup()
+    blocks = dm.eval_dataset("validation")
+    assert len(blocks) % 2 == 1
+    nll, n = nll_of_blocks(model.eval(), blocks, batch_size=8)
+    assert n == dm.split_stats["validation"]["n_tokens"]
+    assert abs(float(row["val/validation/loss"]) - nll / n) < 1e-6
+
+
 @pytest.mark.parametrize("kind", ["baseline", "depenc"])
 def test_bf16_mixed_precision_on_cpu(tmp_path, kind):
     assert main(["debug", *tiny_overrides(tmp_path, f"model.kind={kind}", "trainer.accelerator=cpu",

@@ -146,9 +146,11 @@ def read_wandb_history_keys(path: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_killed_run_resumes_from_last_checkpoint(tmp_path):
-    cmd = [sys.executable, "-m", "depenc.train", "debug",
-           *tiny_overrides(tmp_path, "trainer.max_steps=400", "trainer.checkpoint_every_n_steps=10",
-                           "trainer.val_check_interval=100", "trainer.test_at_end=false")]
+    """kill -9 at any moment, resumed from last.ckpt: the same losses as an uninterrupted run, bit for bit."""
+    args = ["trainer.max_steps=400", "trainer.checkpoint_every_n_steps=10", "trainer.val_check_interval=100",
+            "trainer.test_at_end=false", "trainer.deterministic=true"]
+    assert main(["debug", *tiny_overrides(tmp_path / "u", "run.name=u", *args)]) == 0
+    cmd = [sys.executable, "-m", "depenc.train", "debug", *tiny_overrides(tmp_path, *args)]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     last = None
@@ -168,3 +170,12 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     assert main(["--resume", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["global_step"] == 400
+    uninterrupted = tmp_path / "u" / "runs" / "debug" / "u"
+    assert summary["val/validation/loss"] == json.loads((uninterrupted / "summary.json").read_text())["val/validation/loss"]
+
+    def losses(d: Path, key: str) -> dict[int, str]:
+        with open(d / "metrics.csv", newline="") as f:
+            return {int(float(r["step"])): r[key] for r in csv.DictReader(f) if r.get(key)}
+
+    for key in ("train/loss", "val/validation/loss"):
+        assert losses(run_dir, key) == losses(uninterrupted, key), key

@@ -163,11 +163,12 @@ def _experiment_layers(exp: str, root: Path, seen: tuple = ()) -> list[tuple[Dic
 # value ranges (bounds are checked with the config, before any work)
 POSITIVE = ("trainer.max_steps", "model.n_layer", "model.n_head", "model.n_embd", "data.block_size", "data.batch_size", "data.vocab_size",
             "data.min_freq", "trainer.val_check_interval", "trainer.checkpoint_every_n_steps",
-            "trainer.log_every_n_steps", "trainer.progress_every_n_steps", "trainer.num_nodes", "optim.lr", "data.synthetic.n_train",
+            "trainer.log_every_n_steps", "trainer.progress_every_n_steps", "trainer.num_nodes", "trainer.dist_timeout_s", "optim.lr", "data.synthetic.n_train",
             "data.synthetic.n_validation", "data.synthetic.max_depth", "data.synthetic.max_words",
             "callbacks.alignment.batch_size", "callbacks.generation.batch_size", "callbacks.agreement.batch_size",
             "callbacks.excess.batch_size", "callbacks.pairs.batch_size")
-NONNEGATIVE = ("model.mlp_hidden", "data.num_workers", "data.max_train_docs", "eval.stride", "optim.weight_decay", "optim.warmup_steps",
+NONNEGATIVE = ("trainer.max_tokens", "trainer.global_batch_tokens", "optim.warmup_tokens",
+               "model.mlp_hidden", "data.num_workers", "data.build_workers", "data.max_train_docs", "eval.stride", "optim.weight_decay", "optim.warmup_steps",
                "optim.grad_clip", "optim.encoder_lr_mult", "trainer.log_encoder_every", "data.synthetic.n_test",
                "data.synthetic.n_test_long", "callbacks.generation.temperature", "callbacks.generation.top_k",
                "callbacks.generation.max_new_tokens", "callbacks.generation.n_samples",
@@ -215,6 +216,10 @@ def validate(cfg: DictConfig) -> None:
             f"model.depenc.parser_layer={m.depenc.parser_layer} must be in [1, model.n_layer-1={m.n_layer - 1}] "
             "so that the encoder reads contextual states and at least one block sits above it"
         )
+    if cfg.data.tokenizer == "file" and not cfg.data.tokenizer_file:
+        raise ConfigError("data.tokenizer=file needs data.tokenizer_file=PATH (a Hugging Face tokenizer.json)")
+    if cfg.data.tokenizer == "file" and not Path(cfg.data.tokenizer_file).expanduser().is_file():
+        raise ConfigError(f"data.tokenizer_file: file not found: {cfg.data.tokenizer_file}")
     if cfg.eval.stride > cfg.data.block_size:
         raise ConfigError(f"eval.stride={cfg.eval.stride} must be <= data.block_size={cfg.data.block_size} "
                           "(0 = non-overlapping blocks)")

@@ -1,8 +1,9 @@
 """Evaluate a trained checkpoint: ``python -m depenc.evaluate {ppl,score,align,generate} --ckpt CKPT ...``.
 
-* ``ppl --text FILE``: token perplexity, bits per byte and word perplexity of a text file (one
+* ``ppl --text FILE [--stride N]``: token perplexity, bits per byte and word perplexity of a text file (one
   document per non-empty line, documents joined with ``<eos>`` as in training, non-overlapping blocks
-  of the model's context), and the share of ``<unk>`` tokens (a warning above 5%). Prints one JSON object.
+  of the model's context, or sliding windows every N tokens with each token scored once; default the
+  run's ``eval.stride``), and the share of ``<unk>`` tokens (a warning above 5%). Prints one JSON object.
 * ``score --input FILE``: one JSON line per input line: ``{"text", "logprob", "n_tokens"}``,
   the total log-probability (nats) of the sentence's tokens and the closing ``<eos>`` given ``[<eos>]``;
   an empty line gets ``"logprob": null`` and ``"reason": "empty line"``.

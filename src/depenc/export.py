@@ -15,9 +15,10 @@ model.safetensors (the state dict, ``lm_head.weight`` left out: it is ``wte.weig
 ``transformers``. Exit code 0 (``--require-hf``: 2, and nothing written).
 
 Both write the run's tokenizer as a ``transformers.PreTrainedTokenizerFast`` (tokenizer.json,
-tokenizer_config.json): ``<eos>`` is end, beginning and padding token (training joins documents with
-it and pads blocks with it), ``<unk>`` the unknown token (word and char tokenizers; byte-level BPE has
-none); it encodes text to the ids the run's tokenizer gives. Errors (missing checkpoint, a non-empty
+tokenizer_config.json): the run's end-of-text token (``<eos>``; a tokenizer file's own, e.g. GPT-2's
+``<|endoftext|>``) is end, beginning and padding token (training joins documents with it and pads
+blocks with it), ``<unk>`` the unknown token (word and char tokenizers; byte-level BPE has none); it
+encodes text to the ids the run's tokenizer gives. Errors (missing checkpoint, a non-empty
 ``--out`` without ``--force``) give one line on stderr and exit code 2.
 """
 
@@ -119,12 +120,10 @@ def hf_tokenizer(tok, block_size: int):
     from tokenizers import decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from depenc.data.tokenizers import EOS, UNK
-
-    if tok.kind == "bpe":
+    if getattr(tok, "hf", None) is not None:  # byte-level BPE (learnt, or a tokenizer.json file): already one
         core = HFTokenizer.from_str(tok.hf.to_str())  # a copy: the run's tokenizer stays as it is
     else:
-        core = HFTokenizer(models.WordLevel(vocab=dict(tok.index), unk_token=UNK))
+        core = HFTokenizer(models.WordLevel(vocab=dict(tok.index), unk_token=tok.id_to_token(tok.unk_id)))
         if tok.lowercase:
             core.normalizer = normalizers.Lowercase()
         if tok.kind == "word":  # str.split(): runs of whitespace separate words; decoding joins with spaces
@@ -132,8 +131,10 @@ def hf_tokenizer(tok, block_size: int):
         else:  # char: every code point is a token, whitespace included; decoding concatenates
             core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
             core.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=EOS, bos_token=EOS, pad_token=EOS,
-                                   unk_token=UNK if tok.unk_id is not None else None, model_max_length=block_size)
+    eos = tok.id_to_token(tok.eos_id)
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos, bos_token=eos, pad_token=eos,
+                                   unk_token=tok.id_to_token(tok.unk_id) if tok.unk_id is not None else None,
+                                   model_max_length=block_size)
 
 
 def save_own_format(model: torch.nn.Module, tok, out: Path) -> None:
@@ -182,17 +183,17 @@ def cmd_hf(args) -> int:
         prepare_out(out, args.force)
         save_own_format(model, tok, out)
         fast.save_pretrained(str(out))
-        print(f"no transformers equivalent: GPT-2 cannot express {' and '.join(blockers)}; wrote {out}/model.safetensors "
-              f"+ config.json in depenc's own format (not loadable with transformers' from_pretrained) "
-              f"+ the tokenizer as a PreTrainedTokenizerFast", file=sys.stderr)
+        print(f"no transformers equivalent: GPT-2 cannot express {' and '.join(blockers)}; "
+              f"wrote {out}/model.safetensors + config.json in depenc's own format (not loadable with "
+              "transformers' from_pretrained) + the tokenizer as a PreTrainedTokenizerFast", file=sys.stderr)
         return 0
     hf = to_gpt2(model)
     gen = torch.Generator().manual_seed(0)
     idx = torch.randint(model.cfg.vocab_size, (2, min(16, model.cfg.block_size)), generator=gen)
     diff = max_logit_diff(model, hf, idx)
     if not diff <= PARITY_TOL:
-        raise CLIError(f"the GPT-2 conversion of {args.ckpt} does not reproduce its logits (max difference {diff:.2e}); "
-                       "nothing written")
+        raise CLIError(f"the GPT-2 conversion of {args.ckpt} does not reproduce its logits "
+                       f"(max difference {diff:.2e}); nothing written")
     prepare_out(out, args.force)
     hf.save_pretrained(str(out))
     fast.save_pretrained(str(out))

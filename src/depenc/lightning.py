@@ -101,8 +101,10 @@ class LMBase(L.LightningModule):
         self.save_hyperparameters()
         self.model = Transformer(ModelConfig.from_dict(upgrade_model_config(model, kind)))
         names = {f"{stage}/{n}" for stage, sets in (("val", eval_sets), ("test", test_sets)) for n in sets}
-        self.nll_sums = nn.ModuleDict({_metric_key(n): SumMetric() for n in names})
-        self.token_counts = nn.ModuleDict({_metric_key(n): SumMetric() for n in names})
+        # sums over all the ranks' batches (each rank its own share of the blocks, see EvalShard), in float64
+        # so that the mean does not depend on how the blocks were shared out
+        self.nll_sums = nn.ModuleDict({_metric_key(n): SumMetric().set_dtype(torch.float64) for n in names})
+        self.token_counts = nn.ModuleDict({_metric_key(n): SumMetric().set_dtype(torch.float64) for n in names})
         self.register_buffer("tokens_seen", torch.zeros((), dtype=torch.long))
 
     # ---- training ---------------------------------------------------------------------------

@@ -124,6 +124,7 @@ class HFConfig:
     config: Optional[str] = None
     text_field: str = "text"
     whitespace: Optional[bool] = None
+    streaming: bool = False  # stream the dataset instead of downloading it (datasets' streaming=True)
 
 
 @dataclass
@@ -136,7 +137,8 @@ class BrownConfig:
 @dataclass
 class DataConfig:
     source: str = field(default="synthetic", metadata=choices("synthetic", "text", "hf", "brown"))
-    tokenizer: str = field(default="word", metadata=choices("word", "bpe", "char"))
+    tokenizer: str = field(default="word", metadata=choices("word", "bpe", "char", "file"))
+    tokenizer_file: Optional[str] = None  # tokenizer=file: a Hugging Face tokenizer.json
     vocab_size: int = 8000
     min_freq: int = 1
     lowercase: bool = False
@@ -144,6 +146,8 @@ class DataConfig:
     batch_size: int = 32
     num_workers: int = 0
     cache_dir: str = ".cache/depenc"
+    build_workers: int = 0  # processes tokenising the train split (litdata.optimize); 0 = one per CPU core
+    remote_dir: Optional[str] = None  # folder or URL (s3://, gs://, r2://) holding copies of built caches
     max_train_docs: int = 0
     text: TextConfig = field(default_factory=TextConfig)
     hf: HFConfig = field(default_factory=HFConfig)
@@ -158,6 +162,7 @@ class OptimConfig:
     weight_decay: float = 0.1
     betas: List[float] = field(default_factory=lambda: [0.9, 0.95])
     warmup_steps: int = 100
+    warmup_tokens: int = 0  # > 0: the warmup in tokens (replaces warmup_steps)
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     encoder_lr_mult: float = 1.0
@@ -166,6 +171,8 @@ class OptimConfig:
 @dataclass
 class TrainerConfig:
     max_steps: int = 1000
+    max_tokens: int = 0  # > 0: the run's length in tokens (replaces max_steps)
+    global_batch_tokens: int = 0  # > 0: tokens per optimizer step over all devices (gradient accumulation)
     val_check_interval: int = 200
     limit_val_batches: Any = 1.0  # share (float) or number (int)
     limit_test_batches: Any = 1.0
@@ -179,7 +186,8 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     log_encoder_every: int = 50
     deterministic: bool = False
-    progress: str = field(default="auto", metadata=choices("auto", "bar", "log", "off"))
+    dist_timeout_s: int = 1800  # DDP process-group timeout (a rank waiting for rank zero's callbacks)
+    progress: str = field(default="auto", metadata=choices("auto", "bar", "log", "none"))
     progress_every_n_steps: int = 50
 
 

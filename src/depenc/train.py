@@ -405,12 +405,55 @@ def build_lm(cfg: DictConfig, dm, model_dict: dict, fresh: bool):
     return lm
 
 
+# ---- budgets in tokens: the same run on any number of devices ------------------------------------
+def world_size(cfg: DictConfig) -> int:
+    """Processes that train together, known before the Trainer exists: trainer.devices x num_nodes
+    ('auto' / -1: every GPU when one is used, else one process)."""
+    devices = cfg.trainer.devices
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if devices in ("auto", -1):
+        import torch
+
+        on_gpu = cfg.trainer.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        devices = torch.cuda.device_count() if on_gpu else 1
+    elif not isinstance(devices, int):  # a list of device ids
+        devices = len(devices)
+    return int(devices) * int(cfg.trainer.num_nodes)
+
+
+def accumulation(cfg: DictConfig) -> int:
+    """Micro-batches per optimizer step for trainer.global_batch_tokens (1 when it is 0)."""
+    target = cfg.trainer.global_batch_tokens
+    micro = cfg.data.batch_size * cfg.data.block_size * world_size(cfg)
+    if not target:
+        return 1
+    n, rest = divmod(target, micro)
+    if rest or n == 0:
+        nearest = max(1, round(target / micro)) * micro
+        raise ConfigError(f"trainer.global_batch_tokens={target} is not a multiple of data.batch_size x data.block_size "
+                          f"x devices = {cfg.data.batch_size} x {cfg.data.block_size} x {world_size(cfg)} = {micro}: "
+                          f"use {nearest}, or change data.batch_size")
+    return n
+
+
+def apply_token_budget(cfg: DictConfig) -> None:
+    """trainer.max_tokens and optim.warmup_tokens become max_steps and warmup_steps for this machine's
+    tokens per optimizer step (written into cfg, so config.yaml records the steps they meant)."""
+    step_tokens = cfg.data.batch_size * cfg.data.block_size * world_size(cfg) * accumulation(cfg)
+    if cfg.trainer.max_tokens:
+        cfg.trainer.max_steps = max(1, -(-cfg.trainer.max_tokens // step_tokens))
+    if cfg.optim.warmup_tokens:
+        cfg.optim.warmup_steps = round(cfg.optim.warmup_tokens / step_tokens)
+
+
 def prepare(cfg: DictConfig, resume_dir: Path | None):
     """(datamodule, LightningModule): everything that can fail on bad input, before the run folder is
     touched. On a resume, the checkpoint is loaded (safely) and checked against the model here."""
     from depenc.data.datamodule import LMDataModule
     from depenc.lightning import CheckpointError, read_checkpoint
 
+    apply_token_budget(cfg)
     dm = LMDataModule(cfg.data, seed=cfg.seed, eval_stride=cfg.eval.stride)
     dm.setup("fit")
     model_dict = build_model_config(cfg, dm.tokenizer)
@@ -454,7 +497,9 @@ HARMLESS_MESSAGES = ("GPU available: False", "TPU available:", "HPU available:",
                      "`Trainer.fit` stopped: `max_steps=")
 HARMLESS_WARNINGS = (r"Experiment logs directory .* exists and is not empty",  # the folder holds config.yaml
                      r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                     r"Checkpoint directory .* exists and is not empty")  # a resume writes into its own folder
+                     r"Checkpoint directory .* exists and is not empty",  # a resume writes into its own folder
+                     r"Your `IterableDataset` has `__len__` defined",  # LitData's loader: its length is exact
+                     r"It is recommended to use `self.log\('((val|test)/|step')")  # computed from sums all-reduced already
 
 
 class _DropHarmless(logging.Filter):
@@ -515,6 +560,27 @@ def save_best_after_fit(trainer, best, path: Path) -> None:
         trainer.save_checkpoint(str(path), weights_only=False)
 
 
+def strategy_of(t):
+    """trainer.strategy; DDP (``auto`` or ``ddp`` with several processes) gets the process-group timeout
+    trainer.dist_timeout_s, which bounds how long the other ranks wait for rank zero (its callbacks)."""
+    import torch
+
+    if t.strategy not in ("auto", "ddp"):
+        return t.strategy
+    devices = str(t.devices)
+    if devices in ("auto", "-1"):
+        n = torch.cuda.device_count() if t.accelerator in ("auto", "gpu", "cuda") else 1
+    else:
+        n = len([d for d in devices.strip("[]").split(",") if d.strip()]) if "," in devices or "[" in devices else int(devices)
+    if n * t.num_nodes <= 1:
+        return t.strategy
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    return DDPStrategy(timeout=timedelta(seconds=t.dist_timeout_s))
+
+
 def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path | None,
         previous_metrics: Path | None, clock: SegmentClock) -> dict | None:
     """Train (from last.ckpt on a resume), validate and test; rank zero returns the summary."""
@@ -541,16 +607,17 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
     trainer = L.Trainer(
         default_root_dir=str(run_dir),
         max_steps=t.max_steps,
-        val_check_interval=t.val_check_interval,
+        val_check_interval=t.val_check_interval * accumulation(cfg),  # Lightning counts micro-batches here
         check_val_every_n_epoch=None,
         limit_val_batches=t.limit_val_batches,
         limit_test_batches=t.limit_test_batches,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=strategy_of(t),
         precision=t.precision,
         gradient_clip_val=cfg.optim.grad_clip or None,
+        accumulate_grad_batches=accumulation(cfg),
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
         enable_progress_bar=False,  # the Progress callback counts steps, not batches of an epoch

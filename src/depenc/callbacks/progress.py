@@ -1,6 +1,6 @@
 """What a person watching a run sees: a progress bar on a terminal, one log line every N steps elsewhere.
 
-``trainer.progress``: ``auto`` (a bar when stderr is a terminal, else lines), ``bar``, ``log`` or ``off``.
+``trainer.progress``: ``auto`` (a bar when stderr is a terminal, else lines), ``bar``, ``log`` or ``none``.
 The bar counts optimizer steps against ``trainer.max_steps`` (from the resumed step on a resume) and shows
 the current loss and tokens/s; a line reads ``step 150/2000 (8%) | loss 3.1234 | 12.3k tok/s | 1m02s, eta 12m40s``.
 After each validation the first eval set's perplexity is reported the same way. Rank zero only.
@@ -54,10 +54,12 @@ class Progress(Callback):
                             file=self.stream, ncols=columns, nrows=lines, smoothing=0.1)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if not trainer.is_global_zero or self.mode == "off":
+        if not trainer.is_global_zero or self.mode == "none":
             return
         self.tokens += batch["input_ids"].numel() * trainer.world_size
         step, now = trainer.global_step, time.perf_counter()
+        if step == self.step_last:  # a micro-batch of gradient accumulation: the step is not done yet
+            return
         due = (now - self.t_last >= REFRESH_S) if self.mode == "bar" else (step % self.every == 0)
         if not due and step < self.total:
             return
@@ -88,7 +90,7 @@ class Progress(Callback):
             self._paused_at = None
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if not trainer.is_global_zero or self.mode == "off" or trainer.sanity_checking:
+        if not trainer.is_global_zero or self.mode == "none" or trainer.sanity_checking:
             return
         shown = [f"{key.split('/')[1]} ppl {float(value):.3f}" for key, value in trainer.callback_metrics.items()
                  if key.startswith("val/") and key.endswith("/ppl")]

@@ -1,28 +1,47 @@
-"""The one LightningDataModule: corpus -> tokenizer -> cached token streams -> blocks.
+"""The one LightningDataModule: corpus -> tokenizer -> cached token files (LitData) -> blocks.
 
 Token stream of a split: ``[eos] + doc1 + [eos] + doc2 + [eos] + ...`` (``<eos>`` also opens the
-stream, so the first token of every document has context). Training blocks are ``block_size + 1``
-tokens cut at stride ``block_size`` (inputs ``x[:-1]``, targets ``x[1:]``), shuffled each epoch by
-a seeded generator. Evaluation blocks are non-overlapping (or sliding windows, ``eval.stride``) and
-score every predicted token exactly once; the final partial block is padded with ``<eos>`` inputs and
-``IGNORE_INDEX`` targets.
+stream, so the first token of every document has context).
 
-Cache layout (``cache_dir/<key[:16]>/``, written to a temporary folder and renamed):
+Training reads the train split with LitData: a ``StreamingDataset`` over the cache's ``train/``
+chunks, whose ``TokensLoader`` cuts each chunk into non-overlapping blocks of ``block_size + 1``
+tokens (inputs ``x[:-1]``, targets ``x[1:]``; a chunk's last ``< block_size + 1`` tokens are not
+used, a few per chunk of ~2M tokens), shuffled by chunk and within chunks, seeded by the run's
+seed and the epoch, sharded across ranks, nodes and DataLoader workers by LitData. The loader
+(``StreamingDataLoader``) is resumable: Lightning saves its state in every checkpoint and restores
+it on a resume, so a resumed run sees exactly the batches an uninterrupted one would.
+
+Evaluation blocks are non-overlapping (or sliding windows, ``eval.stride``) and score every predicted
+token exactly once; the final partial block is padded with ``<eos>`` inputs and ``IGNORE_INDEX``
+targets. Under DDP each rank evaluates its own contiguous, uneven share of the blocks
+(:class:`EvalShard`: no block twice, none left out); the LightningModule all-reduces the sums.
+
+Cache layout (``cache_dir/<key[:16]>/``, built once -- by the first process to take the build lock,
+the others wait -- into a temporary folder and renamed; see :mod:`depenc.data.pipeline`):
 
 - ``tokenizer.json``: the tokenizer (``load_tokenizer`` reads it),
-- ``<split>.npy``: the token stream (uint16 when the vocabulary fits, else int32),
-- ``<split>.docs.npy``: int64 stream offset of each document's first token,
-- ``meta.json``: key, hashed config, corpus info, per-split statistics (and per-document meta
-  such as Brown's genre and fileid).
+- ``train/``: the train split as a LitData dataset (``index.json``, ``chunk-*.bin``),
+- ``<split>.npy`` for every evaluation split: its token stream (memory-mapped when read),
+- ``<split>.docs.npy``: int64 stream offset of each document's first token (every split),
+- ``<split>.meta.jsonl``: per-document meta with its ``start`` (sources that have some, e.g. Brown's
+  genre and fileid), read on first use; ``<split>.text.jsonl``: an evaluation split's documents,
+- ``meta.json``: key, hashed config, corpus info, per-split statistics, the size of every file
+  (a missing or truncated file makes the cache be built again).
 
-The key is the sha256 of the data config (without batch_size, num_workers, block_size and
-cache_dir, which do not change the streams), ``DATA_FORMAT_VERSION``, and the identity (path,
-size, mtime) of every local file read (text files, eval sets, the Brown archive) or the grammar's
-source (synthetic).
+The key is the sha256 of the data config (without the keys that do not change the files:
+batch_size, num_workers, block_size, cache_dir, build_workers, remote_dir), ``DATA_FORMAT_VERSION``,
+and the identity (path, size, mtime) of every local file read (text files, eval sets, the Brown
+archive, a local hf folder) or the grammar's source (synthetic).
+
+``data.remote_dir`` (a folder or a URL LitData can stream from: ``s3://``, ``gs://``, ``r2://``) holds
+copies of built caches: a cache built here is copied there; a cache missing here but present there is
+used from there -- its small files are copied here, its train chunks are streamed (a URL's chunks
+through LitData's local chunk cache).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,23 +51,26 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from litdata import StreamingDataLoader, StreamingDataset, TokensLoader
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from depenc.data import sources
-from depenc.data.sources import Corpus, Document, to_plain
-from depenc.data.tokenizers import TOKENIZER_KINDS, Tokenizer, build_tokenizer, load_tokenizer
+from depenc.data import pipeline, sources
+from depenc.data.sources import Document, to_plain
+from depenc.data.tokenizers import TOKENIZER_KINDS, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2
 IGNORE_INDEX = -100
-# Keys that do not change the tokenised streams and so stay out of the cache key.
-_NOT_HASHED = ("batch_size", "num_workers", "block_size", "cache_dir")
+# Keys that do not change the cached files and so stay out of the cache key.
+_NOT_HASHED = ("batch_size", "num_workers", "block_size", "cache_dir", "build_workers", "remote_dir")
+REMOTE_FILE = "remote.json"  # in a local copy of a remote cache: where its train chunks stream from
+
 
 def normalise_data_cfg(data_cfg: Any) -> dict:
     """Plain dict with every key present: ``data_cfg`` (possibly partial) merged into the schema's
@@ -79,8 +101,13 @@ def compute_cache_key(cfg: Mapping[str, Any]) -> tuple[str, dict]:
     hashed = {k: v for k, v in cfg.items() if k not in _NOT_HASHED}
     files = sources.text_files(cfg)  # raises DataUnavailableError on a missing path
     fingerprint: dict[str, Any] = {key: sources.files_fingerprint(paths) for key, paths in sorted(files.items())}
+    tok_file = os.path.abspath(os.path.expanduser(cfg.get("tokenizer_file") or ""))
+    if cfg["tokenizer"] == "file" and os.path.isfile(tok_file):  # a missing one fails when the tokenizer is built
+        fingerprint["tokenizer_file"] = sources.files_fingerprint([tok_file])
     if cfg["source"] == "brown":
         fingerprint["brown"] = sources.brown_fingerprint((cfg.get("brown") or {}).get("nltk_data"))
+    elif cfg["source"] == "hf":
+        fingerprint["hf"] = sources.hf_fingerprint(cfg)
     elif cfg["source"] == "synthetic":
         try:
             fingerprint["synthetic"] = sources.synthetic_fingerprint()
@@ -94,27 +121,56 @@ def compute_cache_key(cfg: Mapping[str, Any]) -> tuple[str, dict]:
     return hashlib.sha256(blob).hexdigest(), payload
 
 
-class TrainBlocks(Dataset):
-    """Blocks of ``block_size + 1`` tokens at stride ``block_size``; the tail that does not fill a block is dropped."""
+# ------------------------------------------------------------------------------------ datasets
+class TrainBlocks(StreamingDataset):
+    """The train split's blocks of ``block_size + 1`` tokens (LitData ``TokensLoader``), as
+    ``{"input_ids", "targets"}`` (+ ``gold_M`` in the oracle analysis mode: ``arcs``, a GoldArcs).
 
-    def __init__(self, stream: np.ndarray, block_size: int, arcs=None):
-        self.stream = stream
+    ``chunk_tokens``: the tokens of each chunk, in index order, which place block ``i`` in the stream
+    (:meth:`block_start`)."""
+
+    def __init__(self, input_dir: str, block_size: int, chunk_tokens: list[int], seed: int, shuffle: bool = True,
+                 arcs=None, cache_dir: str | None = None):
+        super().__init__(input_dir, cache_dir=cache_dir, item_loader=TokensLoader(block_size=block_size + 1),
+                         shuffle=shuffle, seed=seed)
         self.block_size = block_size
-        self.arcs = arcs  # GoldArcs (oracle analysis mode) or None
-        self.n = (len(stream) - 1) // block_size
+        dims = np.asarray(chunk_tokens, dtype=np.int64)
+        blocks = dims // (block_size + 1)
+        self.token_begin = np.concatenate([[0], np.cumsum(dims)[:-1]])
+        self.block_begin = np.concatenate([[0], np.cumsum(blocks)[:-1]])
+        self.n_blocks = int(blocks.sum())
+        self.arcs = arcs
 
-    def __len__(self) -> int:
-        return self.n
+    def block_start(self, index: int) -> int:
+        """Stream position of block ``index``'s first token."""
+        chunk = int(np.searchsorted(self.block_begin, index, side="right")) - 1  # the last chunk starting <= index
+        return int(self.token_begin[chunk] + (index - self.block_begin[chunk]) * (self.block_size + 1))
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        s = i * self.block_size
-        x = torch.from_numpy(np.asarray(self.stream[s : s + self.block_size + 1], dtype=np.int64))
+    def __getitem__(self, index) -> dict[str, torch.Tensor]:
+        x = torch.as_tensor(super().__getitem__(index)).long()
         item = {"input_ids": x[:-1], "targets": x[1:]}
         if self.arcs is not None:
-            item["gold_M"] = self.arcs.matrix(s, self.block_size)
+            i = index if isinstance(index, int) else index.index
+            item["gold_M"] = self.arcs.matrix(self.block_start(i), self.block_size)
         return item
+
+
+class TrainLoader(StreamingDataLoader):
+    """LitData's resumable loader; a state saved with the cache in another folder (``data.cache_dir``
+    may change on a resume: the content is fixed by the key) is restored against this one."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, batch in enumerate(super().__iter__()):
+            if i == 0:
+                # the restored position is taken: the next iteration is a new epoch (LitData clears the flag only
+                # when an epoch runs into its StopIteration, which Lightning, knowing the length, never asks for)
+                self.restore = False
+            yield batch
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None:
+        here = {"input_dir_path": self.dataset.input_dir.path, "input_dir_url": self.dataset.input_dir.url,
+                "cache_dir_path": self.dataset.cache_dir.path}
+        super().load_state_dict({**obj, "dataset": {**obj["dataset"], **here}})
 
 
 class EvalBlocks(Dataset):
@@ -159,16 +215,75 @@ class EvalBlocks(Dataset):
         return item
 
 
-def _split_stats(docs: list[Document], n_tokens_docs: int, whitespace: bool) -> dict:
-    n_docs = len(docs)
-    return {
-        "n_docs": n_docs,
-        "n_tokens": n_tokens_docs + n_docs,  # every document's tokens + its closing <eos>
-        "n_bytes": sum(len(d.text.encode("utf-8")) for d in docs) + n_docs,
-        "n_words": (sum(len(d.text.split()) for d in docs) + n_docs) if whitespace else None,
-    }
+class EvalShard(DistributedSampler):
+    """Rank r of W evaluates blocks ``r * n // W`` .. ``(r + 1) * n // W``: every block on exactly one
+    rank, no padding with repeated blocks (a DistributedSampler, so Lightning keeps it)."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n = len(dataset)
+        self.start, self.stop = rank * n // num_replicas, (rank + 1) * n // num_replicas
+        self.num_samples, self.total_size = self.stop - self.start, n
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.stop - self.start
 
 
+# ------------------------------------------------------------------------------------ copies of caches
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+class _Remote:
+    """Copies files to and from ``data.remote_dir`` (a folder, or a URL through LitData's storage providers)."""
+
+    def __init__(self, root: str):
+        self.root = root.rstrip("/") if _is_url(root) else os.path.abspath(os.path.expanduser(root))
+        if _is_url(root):
+            from litdata.streaming.fs_provider import _get_fs_provider
+
+            self.fs = _get_fs_provider(self.root)
+        else:
+            self.fs = None
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts]) if self.fs else os.path.join(self.root, *parts)
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self.path(*parts)) if self.fs else os.path.exists(self.path(*parts))
+
+    def get(self, rel: str, local: str) -> None:
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        if self.fs:
+            self.fs.download_file(self.path(*rel.split("/")), local)
+        else:
+            shutil.copyfile(self.path(*rel.split("/")), local)
+
+    def put(self, local: str, rel: str) -> None:
+        if self.fs:
+            self.fs.upload_file(local, self.path(*rel.split("/")))
+        else:
+            dst = self.path(*rel.split("/"))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(local, dst + ".tmp")
+            os.replace(dst + ".tmp", dst)
+
+
+def _cache_files(path: str) -> dict[str, int]:
+    """relative path ('/'-separated) -> size of every file of a built cache folder but meta.json."""
+    out = {}
+    for d, _, names in os.walk(path):
+        for n in names:
+            rel = os.path.relpath(os.path.join(d, n), path).replace(os.sep, "/")
+            if rel not in ("meta.json", REMOTE_FILE):
+                out[rel] = os.path.getsize(os.path.join(d, n))
+    return dict(sorted(out.items()))
+
+
+# ------------------------------------------------------------------------------------ the DataModule
 class LMDataModule(L.LightningDataModule):
     """Language-modelling data for both models: see the module docstring for streams, blocks and cache.
 
@@ -195,36 +310,25 @@ class LMDataModule(L.LightningDataModule):
         self.cache_path: str | None = None
         self.cache_hit: bool = False
         self.setup_seconds: float | None = None
-        self.streams: dict[str, np.ndarray] = {}
+        self.streams: dict[str, np.ndarray] = {}  # evaluation splits (memory maps)
+        self._meta: dict[str, Any] = {}
+        self._train_dir: str | None = None  # where the train chunks stream from
+        self._train_chunk_cache: str | None = None  # LitData's local copies of a URL's chunks
         self._doc_meta: dict[str, list[dict]] = {}
-        self._corpus: Corpus | None = None
+        self._gold: dict = {}
         self._ready = False
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
-        """Nothing heavy here: ``setup`` builds or reuses the cache (atomically, safe on every rank)."""
+        """Build (or fetch from ``data.remote_dir``) the cache if it is missing; safe on every rank."""
+        self._ensure_cache()
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
         t0 = time.perf_counter()
-        key, payload = compute_cache_key(self.cfg)
-        self.cache_key = key
-        root = os.path.abspath(os.path.expanduser(str(self.cfg["cache_dir"])))
-        self.cache_path = os.path.join(root, key[:16])
-        meta = self._read_cache(self.cache_path, key)
-        self.cache_hit = meta is not None
-        if meta is not None:
-            try:
-                self._load_from_cache(self.cache_path, meta)
-            except (OSError, ValueError, KeyError) as exc:  # a truncated or hand-edited file: build it anew
-                log.warning("data: cache %s is damaged (%s); rebuilding it", self.cache_path, str(exc).splitlines()[0])
-                shutil.rmtree(self.cache_path, ignore_errors=True)
-                meta = None
-                self.cache_hit = False
-        if meta is None:
-            meta = self._build_cache(root, key, payload)
-            self._load_from_cache(self.cache_path, meta)
+        meta = self._ensure_cache()
+        self._load(meta)
         self._check_sizes()
         self.setup_seconds = time.perf_counter() - t0
         self._ready = True
@@ -235,8 +339,46 @@ class LMDataModule(L.LightningDataModule):
         )
 
     # ------------------------------------------------------------------ cache
+    def _ensure_cache(self) -> dict:
+        key, payload = compute_cache_key(self.cfg)
+        self.cache_key = key
+        root = os.path.dirname(self.cache_folder())
+        self.cache_path = os.path.join(root, key[:16])
+        meta = self._read_cache(self.cache_path, key)
+        self.cache_hit = meta is not None
+        if meta is None:
+            os.makedirs(root, exist_ok=True)
+            with self._build_lock(root, key):
+                meta = self._read_cache(self.cache_path, key)  # another process may have built it meanwhile
+                self.cache_hit = meta is not None
+                if meta is None:
+                    meta = self._fetch_remote(root, key) or self._build(root, key, payload)
+        return meta
+
+    def cache_folder(self) -> str:
+        """Where this config's cache is (or will be): ``cache_dir/<key[:16]>``."""
+        key, _ = compute_cache_key(self.cfg)
+        return os.path.join(os.path.abspath(os.path.expanduser(str(self.cfg["cache_dir"]))), key[:16])
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _build_lock(root: str, key: str):
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(os.path.join(root, f".{key[:16]}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("data: another process is building the cache %s; waiting for it", key[:16])
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
     @staticmethod
     def _read_cache(path: str, key: str) -> dict | None:
+        """meta.json of a complete cache at ``path`` for ``key`` (every file present at its size), else None."""
         meta_path = os.path.join(path, "meta.json")
         if not os.path.isfile(meta_path):
             return None
@@ -247,115 +389,107 @@ class LMDataModule(L.LightningDataModule):
             return None
         if meta.get("key") != key or meta.get("format_version") != DATA_FORMAT_VERSION:
             return None
-        needed = ["tokenizer.json"] + [f"{s}.npy" for s in meta.get("splits", {})]
-        if not all(os.path.isfile(os.path.join(path, n)) for n in needed):
-            return None
+        streamed = os.path.isfile(os.path.join(path, REMOTE_FILE))  # its train chunks live in remote_dir
+        for rel, size in meta.get("files", {}).items():
+            if streamed and rel.startswith("train/chunk-"):
+                continue
+            full = os.path.join(path, *rel.split("/"))
+            if not os.path.isfile(full) or os.path.getsize(full) != size:
+                log.warning("data: cache %s is damaged (%s missing or truncated); building it again", path, rel)
+                shutil.rmtree(path, ignore_errors=True)
+                return None
         return meta
 
-    def _load_corpus(self) -> Corpus:
-        corpus = sources.load_corpus(self.cfg)
-        n = int(self.cfg.get("max_train_docs") or 0)
-        if n > 0:
-            corpus.splits["train"] = corpus.splits["train"][:n]
-        return corpus
-
-    def _build_cache(self, root: str, key: str, payload: dict) -> dict:
+    def _build(self, root: str, key: str, payload: dict) -> dict:
         t0 = time.perf_counter()
-        corpus = self._load_corpus()
-        self._corpus = corpus
-        t_load = time.perf_counter() - t0
-        c = self.cfg
-        tok = build_tokenizer(c["tokenizer"], corpus.texts("train"), c["vocab_size"], c["min_freq"], c["lowercase"],
-                              fixed_vocab=corpus.fixed_vocab)
-        t_tok = time.perf_counter() - t0 - t_load
-        dtype = np.uint16 if tok.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-        main = list(sources.SYNTHETIC_SPLITS if "test_long" in corpus.splits else sources.MAIN_SPLITS)
-        order = main + [s for s in corpus.splits if s not in main]
-        os.makedirs(root, exist_ok=True)
+        plan = sources.plan_corpus(self.cfg)
+        workers = int(self.cfg["build_workers"]) or (os.cpu_count() or 1)
         tmp = tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=root)
         try:
-            splits_meta: dict[str, dict] = {}
-            for split in order:
-                docs = corpus.splits[split]
-                encoded = tok.encode_batch([d.text for d in docs])
-                lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
-                n_doc_tokens = int(lengths.sum())
-                stream = np.empty(n_doc_tokens + len(docs) + 1, dtype=dtype)
-                stream[0] = tok.eos_id
-                starts = np.empty(len(docs), dtype=np.int64)
-                pos = 1
-                for j, ids in enumerate(encoded):
-                    starts[j] = pos
-                    stream[pos : pos + len(ids)] = ids
-                    pos += len(ids)
-                    stream[pos] = tok.eos_id
-                    pos += 1
-                np.save(os.path.join(tmp, f"{split}.npy"), stream)
-                np.save(os.path.join(tmp, f"{split}.docs.npy"), starts)
-                stats = _split_stats(docs, n_doc_tokens, corpus.split_whitespace.get(split, False))
-                entry: dict[str, Any] = dict(stats)
-                if any(d.meta for d in docs):
-                    entry["documents"] = [dict(d.meta, start=int(s)) for d, s in zip(docs, starts)]
-                    if any("genre" in d.meta for d in docs):
-                        genres: dict[str, int] = {}
-                        for d in docs:
-                            g = d.meta.get("genre")
-                            genres[g] = genres.get(g, 0) + 1
-                        entry["genres"] = genres
-                splits_meta[split] = entry
-            tok.save(os.path.join(tmp, "tokenizer.json"))
+            built = pipeline.build(plan, self.cfg, tmp, workers)
+            main = list(sources.SYNTHETIC_SPLITS if "test_long" in plan.splits else sources.MAIN_SPLITS)
             meta = {
                 "format_version": DATA_FORMAT_VERSION,
                 "key": key,
                 "hashed": payload,
                 "corpus": {
                     "source": self.cfg["source"],
-                    "whitespace_tokenised": corpus.whitespace_tokenised,
-                    "fixed_vocab": corpus.fixed_vocab is not None,
-                    "extra_splits": list(corpus.extra_splits),
-                    "split_whitespace": dict(corpus.split_whitespace),
+                    "whitespace_tokenised": plan.whitespace_tokenised,
+                    "fixed_vocab": plan.fixed_vocab is not None,
+                    "extra_splits": list(plan.extra_splits),
+                    "split_whitespace": dict(plan.split_whitespace),
                 },
-                "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name},
-                "split_order": order,
-                "splits": splits_meta,
-                "timings_s": {
-                    "load_corpus": round(t_load, 3),
-                    "train_tokenizer": round(t_tok, 3),
-                    "encode_and_write": round(time.perf_counter() - t0 - t_load - t_tok, 3),
-                },
+                **built,
+                "split_order": main + [s for s in plan.splits if s not in main],
+                "files": _cache_files(tmp),
             }
+            meta["build"]["total_s"] = round(time.perf_counter() - t0, 3)
             with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=1)
             final = os.path.join(root, key[:16])
-            if os.path.isdir(final):  # stale or incomplete (a complete one was a cache hit)
-                if self._read_cache(final, key) is not None:  # another process just finished it
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return self._read_cache(final, key)
-                shutil.rmtree(final, ignore_errors=True)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                done = self._read_cache(final, key)
-                if done is None:
-                    raise
-                return done
+            shutil.rmtree(final, ignore_errors=True)  # stale or damaged (a complete one was a cache hit)
+            os.rename(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         log.info("data: built cache %s in %.1fs", final, time.perf_counter() - t0)
+        if self.cfg.get("remote_dir"):
+            self._push_remote(final, key)
         return meta
 
-    def _load_from_cache(self, path: str, meta: dict) -> None:
+    def _push_remote(self, path: str, key: str) -> None:
+        """Copy a built cache to ``data.remote_dir`` (meta.json last: a copy without it is incomplete)."""
+        remote = _Remote(str(self.cfg["remote_dir"]))
+        for rel in _cache_files(path):
+            remote.put(os.path.join(path, *rel.split("/")), f"{key[:16]}/{rel}")
+        remote.put(os.path.join(path, "meta.json"), f"{key[:16]}/meta.json")
+        log.info("data: copied cache %s to %s", key[:16], remote.path(key[:16]))
+
+    def _fetch_remote(self, root: str, key: str) -> dict | None:
+        """The cache from ``data.remote_dir`` (its small files copied here; its train chunks stay there), or None."""
+        if not self.cfg.get("remote_dir"):
+            return None
+        remote = _Remote(str(self.cfg["remote_dir"]))
+        if not remote.exists(key[:16], "meta.json"):
+            return None
+        tmp = tempfile.mkdtemp(prefix=f".tmp-{key[:16]}-", dir=root)
+        try:
+            remote.get(f"{key[:16]}/meta.json", os.path.join(tmp, "meta.json"))
+            with open(os.path.join(tmp, "meta.json"), encoding="utf-8") as f:
+                meta = json.load(f)
+            if meta.get("key") != key or meta.get("format_version") != DATA_FORMAT_VERSION:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return None
+            for rel in meta["files"]:
+                if not rel.startswith("train/chunk-"):
+                    remote.get(f"{key[:16]}/{rel}", os.path.join(tmp, *rel.split("/")))
+            with open(os.path.join(tmp, REMOTE_FILE), "w", encoding="utf-8") as f:
+                json.dump({"train": remote.path(key[:16], "train")}, f)
+            final = os.path.join(root, key[:16])
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("data: using cache %s from %s", key[:16], remote.path(key[:16]))
+        return meta
+
+    def _load(self, meta: dict) -> None:
+        path = self.cache_path
+        self._meta = meta
         self.tokenizer = load_tokenizer(os.path.join(path, "tokenizer.json"))
         order = meta["split_order"]
-        self.streams = {s: np.load(os.path.join(path, f"{s}.npy"), mmap_mode="r") for s in order}
-        self.split_stats = {
-            s: {k: meta["splits"][s][k] for k in ("n_tokens", "n_bytes", "n_words", "n_docs")} for s in order
-        }
-        for s in order:
-            self.split_stats[s]["n_blocks"] = math.ceil(self.split_stats[s]["n_tokens"] / self.block_size)
-        self._doc_meta = {s: meta["splits"][s].get("documents", []) for s in order}
+        evals = [s for s in order if s != "train"]
+        self.streams = {s: np.load(os.path.join(path, f"{s}.npy"), mmap_mode="r") for s in evals}
+        self.split_stats = {s: {k: meta["splits"][s][k] for k in ("n_tokens", "n_bytes", "n_words", "n_docs")}
+                            for s in order}
+        remote_file = os.path.join(path, REMOTE_FILE)
+        if os.path.isfile(remote_file):
+            with open(remote_file, encoding="utf-8") as f:
+                self._train_dir = json.load(f)["train"]
+            self._train_chunk_cache = os.path.join(path, "train-chunks") if _is_url(self._train_dir) else None
+        else:
+            self._train_dir, self._train_chunk_cache = os.path.join(path, "train"), None
         extra = list(meta["corpus"]["extra_splits"])
         self.eval_set_names = ["validation"] + extra
         self.test_set_names = ["test"] + (["test_long"] if "test_long" in order else []) + extra
@@ -367,15 +501,21 @@ class LMDataModule(L.LightningDataModule):
             cache_path=path,
             splits=list(order),
             genres={s: meta["splits"][s]["genres"] for s in order if "genres" in meta["splits"][s]},
+            build=meta["build"],
         )
 
     def _check_sizes(self) -> None:
         for split, stats in self.split_stats.items():
-            if stats["n_tokens"] < self.block_size:
+            if split != "train" and stats["n_tokens"] < self.block_size:
                 raise ValueError(
                     f"split {split!r} has {stats['n_tokens']} tokens, fewer than one block "
                     f"(data.block_size={self.block_size}): lower data.block_size or give it more text"
                 )
+        if max(self._meta["splits"]["train"]["chunk_tokens"]) < self.block_size + 1:
+            raise ValueError(
+                f"split 'train' has no chunk of {self.block_size + 1} tokens, one training block "
+                f"(data.block_size={self.block_size}): lower data.block_size or give it more text"
+            )
 
     # ------------------------------------------------------------------ public helpers
     @property
@@ -388,26 +528,47 @@ class LMDataModule(L.LightningDataModule):
             raise RuntimeError("LMDataModule.setup() has not run yet")
 
     def stream(self, split: str) -> np.ndarray:
-        """The token stream of a split (read-only memory map)."""
+        """The token stream of a split: an evaluation split's memory map; the train split assembled from
+        its chunks (in memory: for small corpora, e.g. the PPMI embedding initialisation)."""
         self._require_setup()
-        return self.streams[split]
+        if split != "train":
+            return self.streams[split]
+        if _is_url(self._train_dir):
+            raise ValueError(f"the train split streams from {self._train_dir}; its whole stream needs a local copy")
+        with open(os.path.join(self._train_dir, "index.json"), encoding="utf-8") as f:
+            chunks = json.load(f)["chunks"]
+        dtype = np.dtype(self._meta["tokenizer"]["dtype"])
+        # a chunk file: uint32 item count, uint32 offsets (count + 1), then the items (here one token array)
+        return np.concatenate([np.memmap(os.path.join(self._train_dir, c["filename"]), dtype=dtype, mode="r",
+                                         offset=(2 + c["chunk_size"]) * 4, shape=(c["dim"],)) for c in chunks])
 
     def doc_offsets(self, split: str) -> np.ndarray:
         """Stream position of the first token of every document (its closing <eos> is at the next start - 1)."""
         self._require_setup()
-        return np.load(os.path.join(self.cache_path, f"{split}.docs.npy"))
+        return np.load(os.path.join(self.cache_path, f"{split}.docs.npy"), mmap_mode="r")
 
     def document_meta(self, split: str) -> list[dict]:
         """Per-document meta stored in the cache (Brown: genre, fileid, start), without loading the corpus."""
         self._require_setup()
-        return list(self._doc_meta.get(split, []))
+        if split not in self._doc_meta:
+            path = os.path.join(self.cache_path, f"{split}.meta.jsonl")
+            rows = []
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    rows = [json.loads(line) for line in f]
+            self._doc_meta[split] = rows
+        return list(self._doc_meta[split])
 
     def documents(self, split: str) -> list[Document]:
-        """Raw documents of a split (the corpus is loaded on first use when setup hit the cache)."""
+        """Documents of a split: an evaluation split's from the cache; the train split read again from its source."""
         self._require_setup()
-        if self._corpus is None:
-            self._corpus = self._load_corpus()
-        return self._corpus.splits[split]
+        if split == "train":
+            return list(sources.plan_corpus(self.cfg).documents("train"))
+        meta = self.document_meta(split)
+        with open(os.path.join(self.cache_path, f"{split}.text.jsonl"), encoding="utf-8") as f:
+            texts = [json.loads(line) for line in f]
+        return [Document(t, {k: v for k, v in m.items() if k != "start"}) for t, m in
+                zip(texts, meta or [{}] * len(texts))]
 
     def save_tokenizer(self, run_dir: str | os.PathLike) -> str:
         """Copy tokenizer.json into the run folder; returns its path."""
@@ -418,19 +579,6 @@ class LMDataModule(L.LightningDataModule):
         return dst
 
     # ------------------------------------------------------------------ loaders
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            drop_last=False,
-        )
-
     def enable_gold_arcs(self, target: str) -> None:
         """Oracle analysis mode: every batch also carries ``gold_M`` (B, T, T) built from the synthetic
         corpus's gold trees (depenc.data.gold). Needs data.source=synthetic and the word tokenizer."""
@@ -442,29 +590,47 @@ class LMDataModule(L.LightningDataModule):
 
         scfg = synthetic.SyntheticConfig.from_dict(dict(self.cfg.get("synthetic") or {}))
         self._gold = {}
-        for split in self.streams:
+        for split in self._meta["split_order"]:
             sentences = synthetic.make_split(scfg, split)
             starts = self.doc_offsets(split)
             if split == "train" and self.cfg.get("max_train_docs"):
                 sentences = sentences[: len(starts)]
             if len(sentences) != len(starts):
                 raise ValueError(f"gold arcs: {len(sentences)} sentences but {len(starts)} documents in split {split}")
-            self._gold[split] = GoldArcs([s.heads for s in sentences], starts, len(self.streams[split]), target)
+            length = self._meta["splits"]["train"]["n_stream"] if split == "train" else len(self.streams[split])
+            self._gold[split] = GoldArcs([s.heads for s in sentences], starts, length, target)
 
-    def train_dataset(self) -> TrainBlocks:
+    def train_dataset(self, shuffle: bool = True) -> TrainBlocks:
+        """The train blocks (for this process's rank: build it after the process group starts)."""
         self._require_setup()
-        return TrainBlocks(self.streams["train"], self.block_size, arcs=getattr(self, "_gold", {}).get("train"))
+        return TrainBlocks(self._train_dir, self.block_size, self._meta["splits"]["train"]["chunk_tokens"],
+                           self.seed, shuffle=shuffle, arcs=self._gold.get("train"), cache_dir=self._train_chunk_cache)
 
     def eval_dataset(self, split: str) -> EvalBlocks:
         self._require_setup()
         return EvalBlocks(self.streams[split], self.block_size, pad_id=self.tokenizer.eos_id,
-                          arcs=getattr(self, "_gold", {}).get(split), stride=self.eval_stride)
+                          arcs=self._gold.get(split), stride=self.eval_stride)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset(), shuffle=True)
+    def train_dataloader(self) -> TrainLoader:
+        return TrainLoader(self.train_dataset(), batch_size=self.batch_size, num_workers=self.num_workers,
+                           pin_memory=torch.cuda.is_available())
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        dataset = self.eval_dataset(split)
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+            if world > 1:
+                if len(dataset) < world:  # a rank without a batch would not take part in DDP's first forward
+                    raise ValueError(f"split {split!r} has {len(dataset)} evaluation blocks, fewer than the {world} "
+                                     "processes: lower data.block_size or give it more text")
+                sampler = EvalShard(dataset, world, rank)
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
 
     def val_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.eval_dataset(s), shuffle=False) for s in self.eval_set_names]
+        return [self._eval_loader(s) for s in self.eval_set_names]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.eval_dataset(s), shuffle=False) for s in self.test_set_names]
+        return [self._eval_loader(s) for s in self.test_set_names]

@@ -1,21 +1,29 @@
 """Corpus sources: local text files, Hugging Face datasets, NLTK's Brown corpus, the synthetic grammar.
 
-``load_corpus(data_cfg)`` returns a :class:`Corpus`: named splits of :class:`Document` objects
-(``train``, ``validation``, ``test``; ``test_long`` for the synthetic grammar; then one split per
-entry of ``data.eval_sets``). Missing data raises :class:`DataUnavailableError` with one message
+A source is read as *shards*: small picklable descriptions of a run of documents (a byte range of a
+text file, row range of a Hugging Face split, shard of a streamed dataset, the Brown files of a split,
+the grammar's sentences of a split) whose ``documents()`` yield :class:`Document` objects one at a
+time. Nothing here holds a split in memory: the build (:mod:`depenc.data.pipeline`) hands the train
+shards to parallel workers and streams the evaluation shards. ``plan_corpus(data_cfg)`` returns a
+:class:`CorpusPlan` (named splits of shards: ``train``, ``validation``, ``test``; ``test_long`` for the
+synthetic grammar; then one split per entry of ``data.eval_sets``); ``load_corpus`` materialises it
+as lists (small corpora, tests). Missing data raises :class:`DataUnavailableError` with one message
 that names what is missing and how to get it; nothing falls back silently to other data.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
+import itertools
 import logging
 import os
 import random
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,12 @@ BY_VALUES = {"line": "line", "paragraph": "paragraph", "file": "document"}
 # Where a source has no validation/test split, this share of the train documents (taken from the
 # end, at least one document) becomes each missing split.
 HOLDOUT_FRACTION = 0.05
+# A line-by-line text file is read as shards of about this many bytes (cut at line starts): the unit
+# of parallel tokenisation. Files read by paragraph or whole are one shard each.
+SHARD_BYTES = 16 << 20
+# Hugging Face splits are cut into row ranges of about this many bytes of Arrow data.
+HF_SHARD_BYTES = 64 << 20
+_READ_BYTES = 1 << 20
 
 _HF_SPLIT_ALIASES = {
     "train": ("train",),
@@ -46,14 +60,30 @@ class Document:
 
 
 @dataclass
-class Corpus:
-    """Documents per split, and what the text is like.
+class CorpusPlan:
+    """Shards per split, and what the text is like.
 
     ``whitespace_tokenised``: words are separated by spaces in the main splits, so word-level
     perplexity is meaningful. ``split_whitespace`` says the same per split (extra evaluation sets
     declare their own). ``fixed_vocab``: the exact word vocabulary (synthetic grammar), else None.
     ``extra_splits``: names of the ``data.eval_sets`` splits, in config order.
     """
+
+    splits: dict[str, list]
+    whitespace_tokenised: bool
+    fixed_vocab: list[str] | None = None
+    source: str = ""
+    extra_splits: list[str] = field(default_factory=list)
+    split_whitespace: dict[str, bool] = field(default_factory=dict)
+
+    def documents(self, split: str) -> Iterator[Document]:
+        for shard in self.splits[split]:
+            yield from shard.documents()
+
+
+@dataclass
+class Corpus:
+    """A :class:`CorpusPlan` read into lists of documents (``load_corpus``)."""
 
     splits: dict[str, list[Document]]
     whitespace_tokenised: bool
@@ -157,6 +187,68 @@ def files_fingerprint(paths: Sequence[str]) -> list[list]:
 
 
 # --------------------------------------------------------------------------------------------
+# shards that take part of other shards
+
+
+@dataclass(frozen=True)
+class Window:
+    """Documents ``skip`` .. ``skip + take`` (None: to the end) of the shards ``parts``, in order."""
+
+    parts: tuple
+    skip: int = 0
+    take: int | None = None
+
+    def documents(self) -> Iterator[Document]:
+        docs = itertools.chain.from_iterable(p.documents() for p in self.parts)
+        stop = None if self.take is None else self.skip + self.take
+        return itertools.islice(docs, self.skip, stop)
+
+
+def count_documents(shards: Sequence) -> list[int]:
+    """Documents in each shard (one pass over the text, no tokenising)."""
+    return [sum(1 for _ in s.documents()) for s in shards]
+
+
+def doc_range(shards: Sequence, counts: Sequence[int], start: int, stop: int) -> list:
+    """The shards covering documents ``start`` .. ``stop`` of the concatenated shards (a shard cut by the
+    range becomes a :class:`Window` of it)."""
+    out, offset = [], 0
+    for shard, n in zip(shards, counts):
+        a, b = max(start, offset), min(stop, offset + n)
+        if a < b:
+            out.append(shard if (a, b) == (offset, offset + n) else Window((shard,), a - offset, b - a))
+        offset += n
+    return out
+
+
+def first_documents(shards: Sequence, n: int) -> list:
+    """The first ``n`` documents of the shards, as one sequential shard."""
+    return [Window(tuple(shards), 0, n)]
+
+
+def _holdout(splits: dict[str, list], origin: str) -> None:
+    """Fill missing validation/test splits with the last documents of train (counted in one pass)."""
+    missing = [s for s in ("validation", "test") if not splits.get(s)]
+    if not missing:
+        return
+    shards = splits["train"]
+    counts = count_documents(shards)
+    total = sum(counts)
+    n = max(1, int(round(HOLDOUT_FRACTION * total)))
+    if total < n * len(missing) + 1:
+        raise ValueError(
+            f"{origin}: no {' / '.join(missing)} split given and the train split has only "
+            f"{total} documents, too few to hold some out"
+        )
+    end = total
+    for s in reversed(missing):
+        splits[s] = doc_range(shards, counts, end - n, end)
+        end -= n
+    splits["train"] = doc_range(shards, counts, 0, end)
+    log.warning("%s: %s held out from the end of train (%d documents each)", origin, ", ".join(missing), n)
+
+
+# --------------------------------------------------------------------------------------------
 # local files
 
 
@@ -184,80 +276,103 @@ def check_utf8(path: str) -> None:
             offset += len(chunk)
 
 
-def _read_local(paths: Sequence[str], by: str, cache_dir: str | None) -> list[Document]:
-    """Documents from local files through datasets' ``text`` builder (one per line, paragraph or file)."""
+def _clean(text: str) -> str | None:
+    text = text.strip("\r\n")
+    return text if text.strip() else None
+
+
+@dataclass(frozen=True)
+class TextShard:
+    """Documents of a local UTF-8 file, as Hugging Face's ``text`` builder cuts them (universal newlines;
+    one per line, per paragraph (``\\n\\n``) or the whole file), blank ones dropped; ``by=line`` reads the
+    lines that start in bytes ``start`` .. ``end`` (None: the end of the file)."""
+
+    path: str
+    by: str = "line"
+    start: int = 0
+    end: int | None = None
+
+    def documents(self) -> Iterator[Document]:
+        if self.by == "line":
+            return self._lines()
+        return self._paragraphs() if self.by == "paragraph" else self._whole()
+
+    def _lines(self) -> Iterator[Document]:
+        end = os.path.getsize(self.path) if self.end is None else self.end
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            pos = self.start
+            while pos < end:
+                block = f.read(min(_READ_BYTES, end - pos))
+                if not block:
+                    break
+                if f.tell() < end:
+                    block += f.readline()  # the line that starts here ends before the next shard
+                pos = f.tell()
+                text = block.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+                for line in text.split("\n"):
+                    if (doc := _clean(line)) is not None:
+                        yield Document(doc)
+
+    def _paragraphs(self) -> Iterator[Document]:
+        carry = ""
+        with open(self.path, encoding="utf-8") as f:
+            while piece := f.read(_READ_BYTES):
+                parts = (carry + piece + f.readline()).split("\n\n")
+                carry = parts.pop()
+                for p in parts:
+                    if p and (doc := _clean(p)) is not None:
+                        yield Document(doc)
+        if carry and (doc := _clean(carry)) is not None:
+            yield Document(doc)
+
+    def _whole(self) -> Iterator[Document]:
+        with open(self.path, encoding="utf-8") as f:
+            doc = _clean(f.read())
+        if doc is not None:
+            yield Document(doc)
+
+
+def file_shards(paths: Sequence[str], by: str) -> list[TextShard]:
+    """The shards of local files: by line, ranges of about SHARD_BYTES cut at line starts; else one per file."""
     if by not in BY_VALUES:
         raise ValueError(f"unknown document unit by={by!r}; expected one of {', '.join(BY_VALUES)}")
+    shards = []
     for path in paths:
         check_utf8(path)
-    import datasets
-
-    import datasets.config
-
-    kwargs = {}
-    if cache_dir:
-        kwargs["cache_dir"] = os.path.join(cache_dir, "hf_text")
-    # Reading local files needs no network; datasets would otherwise send a download-count request
-    # for the "text" builder, which costs seconds on a machine without network.
-    counts = getattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", None)
-    datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
-    bars = not datasets.utils.are_progress_bars_disabled()
-    if bars:  # a progress bar per small local file is noise
-        datasets.disable_progress_bars()
-    try:
-        ds = datasets.load_dataset(
-            "text", data_files={"train": list(paths)}, sample_by=BY_VALUES[by], split="train", **kwargs
-        )
-    finally:
-        if counts is not None:
-            datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = counts
-        if bars:
-            datasets.enable_progress_bars()
-    docs = []
-    for text in ds["text"]:
-        text = text.strip("\r\n")
-        if text.strip():
-            docs.append(Document(text))
-    return docs
+        if by != "line":
+            shards.append(TextShard(path, by))
+            continue
+        size = os.path.getsize(path)
+        cuts = [0]
+        with open(path, "rb") as f:
+            while cuts[-1] + SHARD_BYTES < size:
+                f.seek(cuts[-1] + SHARD_BYTES)
+                f.readline()  # to the start of the next line
+                if f.tell() >= size:
+                    break
+                cuts.append(f.tell())
+        shards += [TextShard(path, by, a, b) for a, b in zip(cuts, cuts[1:] + [size])]
+    return shards
 
 
-def _holdout(splits: dict[str, list[Document]], origin: str) -> None:
-    """Fill missing validation/test splits with the last documents of train."""
-    missing = [s for s in ("validation", "test") if not splits.get(s)]
-    if not missing:
-        return
-    train = splits["train"]
-    n = max(1, int(round(HOLDOUT_FRACTION * len(train))))
-    if len(train) < n * len(missing) + 1:
-        raise ValueError(
-            f"{origin}: no {' / '.join(missing)} split given and the train split has only "
-            f"{len(train)} documents, too few to hold some out"
-        )
-    for s in reversed(missing):
-        splits[s] = train[-n:]
-        train = train[:-n]
-    splits["train"] = train
-    log.warning("%s: %s held out from the end of train (%d documents each)", origin, ", ".join(missing), n)
-
-
-def _load_text(cfg: dict) -> Corpus:
+def _plan_text(cfg: dict) -> CorpusPlan:
     tcfg = _section(cfg, "text")
     files = text_files(cfg)
     by = tcfg["by"]
-    splits: dict[str, list[Document]] = {}
+    splits: dict[str, list] = {}
     for split in MAIN_SPLITS:
         key = f"data.text.{split}"
         if key in files:
-            splits[split] = _read_local(files[key], by, cfg.get("cache_dir"))
-            if not splits[split]:
+            splits[split] = file_shards(files[key], by)
+            if split != "train" and next(Window(tuple(splits[split])).documents(), None) is None:
                 raise ValueError(f"{key}: the files hold no non-empty documents (by={by})")
     _holdout(splits, "data.text")
-    whitespace = bool(tcfg["whitespace"])
-    return Corpus(splits, whitespace_tokenised=whitespace, source="text")
+    return CorpusPlan(splits, whitespace_tokenised=bool(tcfg["whitespace"]), source="text")
 
 
 # --------------------------------------------------------------------------------------------
-# Hugging Face Hub
+# Hugging Face Hub (or a local folder of data files that datasets.load_dataset reads)
 
 
 def _hf_error(name: str, config: Any, exc: BaseException) -> DataUnavailableError:
@@ -271,58 +386,116 @@ def _hf_error(name: str, config: Any, exc: BaseException) -> DataUnavailableErro
     )
 
 
-def _load_hf(cfg: dict) -> Corpus:
-    hcfg = _section(cfg, "hf")
-    name, config = hcfg.get("name"), hcfg.get("config")
-    field_name = hcfg["text_field"]
-    if not name:
-        raise ValueError("data.source=hf needs data.hf.name (and data.hf.config where the dataset has configs)")
-    import datasets
-
-    connection_errors: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
+def _hf_connection_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (ConnectionError, OSError, TimeoutError)
     try:
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
-        connection_errors += (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled)
+        errors += (HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled)
     except ImportError:  # pragma: no cover
         pass
     try:
         from datasets.exceptions import DatasetNotFoundError
 
-        connection_errors += (DatasetNotFoundError,)
+        errors += (DatasetNotFoundError,)
     except ImportError:  # pragma: no cover
         pass
+    return errors
+
+
+def _hf_load(name: str, config: str | None, split: str | None = None, streaming: bool = False):
+    import datasets
+
+    path = _expand(name) if os.path.isdir(_expand(name)) else name
     try:
-        dsd = datasets.load_dataset(name, config)
-    except connection_errors as e:  # FileNotFoundError is an OSError
+        return datasets.load_dataset(path, config, split=split, streaming=streaming)
+    except _hf_connection_errors() as e:  # FileNotFoundError is an OSError
         raise _hf_error(name, config, e) from e
+
+
+@functools.lru_cache(maxsize=8)
+def _hf_split(name: str, config: str | None, split: str):
+    """A downloaded split (memory-mapped Arrow), opened once per process."""
+    return _hf_load(name, config, split)
+
+
+def _hf_texts(rows: Iterator[Any]) -> Iterator[Document]:
+    for text in rows:
+        if text is not None and (doc := _clean(text)) is not None:
+            yield Document(doc)
+
+
+@dataclass(frozen=True)
+class HFShard:
+    """Rows ``start`` .. ``stop`` of a downloaded split, or (``streaming``) shard ``index`` of the
+    ``num_shards`` data-file shards of a streamed split; column ``field`` is the text."""
+
+    name: str
+    config: str | None
+    split: str
+    field: str
+    streaming: bool = False
+    start: int = 0
+    stop: int = 0
+    index: int = 0
+    num_shards: int = 1
+
+    def documents(self) -> Iterator[Document]:
+        if self.streaming:
+            ds = _hf_load(self.name, self.config, self.split, streaming=True)
+            ds = ds.shard(num_shards=self.num_shards, index=self.index) if self.num_shards > 1 else ds
+            return _hf_texts(row[self.field] for row in ds)
+        ds = _hf_split(self.name, self.config, self.split)
+        step = 10_000
+        rows = (ds[a : min(a + step, self.stop)][self.field] for a in range(self.start, self.stop, step))
+        return _hf_texts(itertools.chain.from_iterable(rows))
+
+
+def _plan_hf(cfg: dict) -> CorpusPlan:
+    hcfg = _section(cfg, "hf")
+    name, config, field_name = hcfg.get("name"), hcfg.get("config"), hcfg["text_field"]
+    streaming = bool(hcfg.get("streaming"))
+    if not name:
+        raise ValueError("data.source=hf needs data.hf.name (and data.hf.config where the dataset has configs)")
+    dsd = _hf_load(name, config, streaming=streaming)
     available = list(dsd.keys())
-    splits: dict[str, list[Document]] = {}
+    splits: dict[str, list] = {}
     for split, aliases in _HF_SPLIT_ALIASES.items():
         found = next((a for a in aliases if a in dsd), None)
         if found is None:
             continue
         ds = dsd[found]
-        if field_name not in ds.column_names:
+        columns = ds.column_names or (list(ds.features) if ds.features else None)  # None: a stream not yet read
+        if columns is not None and field_name not in columns:
             raise ValueError(
                 f"data.hf.text_field={field_name!r} is not a column of {name!r} split {found!r}; "
-                f"columns: {', '.join(ds.column_names)}"
+                f"columns: {', '.join(columns)}"
             )
-        docs = []
-        for text in ds[field_name]:
-            if text is None:
-                continue
-            text = text.strip("\r\n")
-            if text.strip():
-                docs.append(Document(text))
-        splits[split] = docs
+        if streaming:
+            n = ds.num_shards
+            splits[split] = [HFShard(name, config, found, field_name, True, index=i, num_shards=n) for i in range(n)]
+        else:
+            rows = len(ds)
+            per = max(1, int(rows * HF_SHARD_BYTES / max(1, ds.data.nbytes)))
+            splits[split] = [HFShard(name, config, found, field_name, start=a, stop=min(a + per, rows))
+                             for a in range(0, rows, per)]
     if "train" not in splits:
         raise ValueError(f"dataset {name!r} has no train split; its splits: {', '.join(available)}")
+    if streaming and not (splits.get("validation") and splits.get("test")):
+        raise ValueError(f"data.hf.streaming: dataset {name!r} has no validation and test splits (its splits: "
+                         f"{', '.join(available)}); a streamed train split cannot be counted to hold some out: "
+                         "download it (data.hf.streaming=false)")
     _holdout(splits, f"data.hf {name}")
     whitespace = hcfg.get("whitespace")
     if whitespace is None:  # WikiText and PTB are distributed tokenised
         whitespace = bool(re.search(r"wikitext|ptb|penn", name.lower()))
-    return Corpus(splits, whitespace_tokenised=bool(whitespace), source="hf")
+    return CorpusPlan(splits, whitespace_tokenised=bool(whitespace), source="hf")
+
+
+def hf_fingerprint(data_cfg: Mapping[str, Any]) -> list | None:
+    """Identity of the files of an hf dataset given as a local folder (None for a Hub dataset)."""
+    name = (_section(to_plain(data_cfg), "hf").get("name") or "")
+    return files_fingerprint([_expand(name)]) if name and os.path.isdir(_expand(name)) else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,20 +605,28 @@ def brown_genres(nltk_data: str | None = None, reader: Any = None) -> dict[str, 
     return genre
 
 
-def _load_brown(cfg: dict) -> Corpus:
+@dataclass(frozen=True)
+class BrownShard:
+    """Brown documents (``fileids``, their ``genres``): one sentence per line, words space-separated."""
+
+    nltk_data: str | None
+    fileids: tuple
+    genres: tuple
+
+    def documents(self) -> Iterator[Document]:
+        reader = brown_reader(self.nltk_data)
+        for fid, genre in zip(self.fileids, self.genres):
+            text = "\n".join(" ".join(sent) for sent in reader.sents(fid))
+            yield Document(text, {"genre": genre, "fileid": fid})
+
+
+def _plan_brown(cfg: dict) -> CorpusPlan:
     bcfg = _section(cfg, "brown")
     nltk_data = bcfg.get("nltk_data")
-    reader = brown_reader(nltk_data)
-    genre = brown_genres(nltk_data, reader)
+    genre = brown_genres(nltk_data, brown_reader(nltk_data))
     parts = brown_split(genre, bcfg["split"], int(bcfg["split_seed"]))
-    splits: dict[str, list[Document]] = {}
-    for split, fids in parts.items():
-        docs = []
-        for fid in fids:
-            text = "\n".join(" ".join(sent) for sent in reader.sents(fid))
-            docs.append(Document(text, {"genre": genre[fid], "fileid": fid}))
-        splits[split] = docs
-    return Corpus(splits, whitespace_tokenised=True, source="brown")
+    splits = {s: [BrownShard(nltk_data, tuple(fids), tuple(genre[f] for f in fids))] for s, fids in parts.items()}
+    return CorpusPlan(splits, whitespace_tokenised=True, source="brown")
 
 
 # --------------------------------------------------------------------------------------------
@@ -473,37 +654,31 @@ def synthetic_fingerprint() -> str:
     return h.hexdigest()
 
 
-def _synthetic_vocab(mod: Any, scfg: Any, splits: Mapping[str, list[Document]]) -> list[str]:
-    for attr in ("vocabulary", "lexicon", "vocab"):
-        fn = getattr(mod, attr, None)
-        if callable(fn):
-            try:
-                words = fn(scfg)
-            except TypeError:
-                words = fn()
-            return list(dict.fromkeys(words))
-    for holder in (scfg,):
-        for attr in ("vocabulary", "lexicon", "vocab"):
-            words = getattr(holder, attr, None)
-            if words is not None and not isinstance(words, (str, bytes)) and not callable(words):
-                return list(dict.fromkeys(words))
-    # No explicit lexicon: every word the grammar produced in any split, sorted.
-    return sorted({w for docs in splits.values() for d in docs for w in d.text.split()})
+@dataclass(frozen=True)
+class SyntheticShard:
+    """The grammar's sentences of ``split`` (``cfg``: the SyntheticConfig as sorted items). They come from
+    ``make_split``, which the callbacks share and which holds every split it makes anyway: the held-out
+    splits are kept disjoint from the train split's sentences."""
+
+    cfg: tuple
+    split: str
+
+    def documents(self) -> Iterator[Document]:
+        mod = synthetic_module()
+        return (Document(s.text) for s in mod.make_split(mod.SyntheticConfig.from_dict(dict(self.cfg)), self.split))
 
 
-def _load_synthetic(cfg: dict) -> Corpus:
+def _plan_synthetic(cfg: dict) -> CorpusPlan:
     mod = synthetic_module()
     scfg = mod.SyntheticConfig.from_dict(dict(cfg.get("synthetic") or {}))
-    splits: dict[str, list[Document]] = {}
-    for split in SYNTHETIC_SPLITS:
-        sentences = mod.make_split(scfg, split)
-        splits[split] = [Document(" ".join(s.tokens)) for s in sentences]
-    vocab = _synthetic_vocab(mod, scfg, splits)
-    return Corpus(splits, whitespace_tokenised=True, fixed_vocab=vocab, source="synthetic")
+    frozen = tuple(sorted(dataclasses.asdict(scfg).items()))
+    splits = {split: [SyntheticShard(frozen, split)] for split in SYNTHETIC_SPLITS}
+    vocab = list(dict.fromkeys(mod.vocabulary(scfg)))
+    return CorpusPlan(splits, whitespace_tokenised=True, fixed_vocab=vocab, source="synthetic")
 
 
 # --------------------------------------------------------------------------------------------
-# entry point
+# entry points
 
 
 def eval_set_specs(data_cfg: Any) -> dict[str, dict]:
@@ -526,26 +701,37 @@ def eval_set_specs(data_cfg: Any) -> dict[str, dict]:
     return specs
 
 
-def load_corpus(data_cfg: Any) -> Corpus:
-    """Load every split of the configured source plus the extra evaluation sets (``data_cfg`` may be
-    partial: the schema's defaults fill it in)."""
+def plan_corpus(data_cfg: Any) -> CorpusPlan:
+    """The shards of every split of the configured source plus the extra evaluation sets (``data_cfg``
+    may be partial: the schema's defaults fill it in); ``data.max_train_docs`` keeps the first train
+    documents."""
     from depenc.data.datamodule import normalise_data_cfg
 
     cfg = normalise_data_cfg(data_cfg)
     source = cfg["source"]
-    loaders = {"synthetic": _load_synthetic, "text": _load_text, "hf": _load_hf, "brown": _load_brown}
-    if source not in loaders:
+    planners = {"synthetic": _plan_synthetic, "text": _plan_text, "hf": _plan_hf, "brown": _plan_brown}
+    if source not in planners:
         raise ValueError(f"unknown data source {source!r}: data.source must be one of {', '.join(SOURCES)}")
     specs = eval_set_specs(cfg)
     files = text_files(cfg)  # checks every local path before any slow loading
-    corpus = loaders[source](cfg)
-    for split in corpus.splits:
-        corpus.split_whitespace.setdefault(split, corpus.whitespace_tokenised)
+    plan = planners[source](cfg)
+    if int(cfg.get("max_train_docs") or 0) > 0:
+        plan.splits["train"] = first_documents(plan.splits["train"], int(cfg["max_train_docs"]))
+    for split in plan.splits:
+        plan.split_whitespace.setdefault(split, plan.whitespace_tokenised)
     for name, spec in specs.items():
-        docs = _read_local(files[f"data.eval_sets.{name}.path"], spec["by"], cfg.get("cache_dir"))
-        if not docs:
+        shards = file_shards(files[f"data.eval_sets.{name}.path"], spec["by"])
+        if next(Window(tuple(shards)).documents(), None) is None:
             raise ValueError(f"data.eval_sets.{name}: the files hold no non-empty documents")
-        corpus.splits[name] = docs
-        corpus.extra_splits.append(name)
-        corpus.split_whitespace[name] = spec["whitespace"]
-    return corpus
+        plan.splits[name] = shards
+        plan.extra_splits.append(name)
+        plan.split_whitespace[name] = spec["whitespace"]
+    return plan
+
+
+def load_corpus(data_cfg: Any) -> Corpus:
+    """Every split of :func:`plan_corpus` read into lists of documents (small corpora and tests)."""
+    plan = plan_corpus(data_cfg)
+    splits = {s: list(plan.documents(s)) for s in plan.splits}
+    return Corpus(splits, plan.whitespace_tokenised, plan.fixed_vocab, plan.source, list(plan.extra_splits),
+                  dict(plan.split_whitespace))
