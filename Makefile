@@ -22,7 +22,7 @@ OUT ?=
 export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all clean sweep compare notebook bench dashboard export gpu-check
+.PHONY: help setup train test test-all clean sweep compare notebook bench dashboard export gpu-check data
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test: setup ## Fast test suite (what CI runs), on 2 worker processes (one per co
 
 test-all: setup ## All tests, slow ones included (DDP, kill-and-resume, real corpora)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m ""
+
+data: setup ## Build (or find) the data cache of EXP: tokens, tokens/s, peak RSS; ARGS="key=value ... --rebuild"
+	$(PY) -m depenc.data build $(EXP) $(ARGS)
 
 sweep: setup ## Train every experiment of EXPS with every seed of SEEDS, one after another (ARGS for all; JOBS=N / GPUS=0,1,.. in parallel)
 	$(PY) -m depenc.sweep --exps $(EXPS) --seeds $(SEEDS) $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS)) -- $(ARGS)

@@ -187,8 +187,10 @@ def test_train_chunks_do_not_depend_on_the_build_workers(tmp_path, monkeypatch):
         dm = _dm({**cfg, "build_workers": workers, "cache_dir": str(tmp_path / f"cache{workers}")})
         with open(os.path.join(dm.cache_path, "train", "index.json")) as f:
             chunks = [c["dim"] for c in json.load(f)["chunks"]]
-        built[workers] = (chunks, np.asarray(dm.stream("train")), np.asarray(dm.doc_offsets("train")))
+        built[workers] = (chunks, np.asarray(dm.stream("train")), np.asarray(dm.doc_offsets("train")),
+                          sorted(os.listdir(dm.cache_path)))
     assert built[1][0] == built[2][0] and len(built[1][0]) > 4  # several shards of several groups
+    assert built[1][3] == built[2][3]  # nothing of the workers' scratch left behind
     assert np.array_equal(built[1][1], built[2][1]) and np.array_equal(built[1][2], built[2][2])
     stream, starts = built[2][1], built[2][2]
     tok = dm.tokenizer

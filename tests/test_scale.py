@@ -300,3 +300,21 @@ def test_dep_bias_attention_equals_sdpa_with_bias(alibi):
     ref.backward(g)
     for name, x, y in zip(["q", "k", "v", "beta", "log_M"], a, b):
         torch.testing.assert_close(x.grad, y.grad, atol=1e-4, rtol=1e-4, msg=lambda s: f"{name}: {s}")
+
+
+def test_ddp_gets_the_process_group_timeout_of_the_config():
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from depenc.train import strategy_of
+
+    def trainer(**kw):
+        return SimpleNamespace(**{"strategy": "auto", "devices": 1, "num_nodes": 1, "accelerator": "cpu",
+                                  "dist_timeout_s": 90, **kw})
+
+    assert strategy_of(trainer()) == "auto" and strategy_of(trainer(strategy="fsdp", devices=2)) == "fsdp"
+    for kw in ({"devices": 2}, {"strategy": "ddp", "devices": "0,1"}, {"num_nodes": 2}):
+        strategy = strategy_of(trainer(**kw))
+        assert isinstance(strategy, DDPStrategy) and strategy._timeout == timedelta(seconds=90), kw

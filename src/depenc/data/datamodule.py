@@ -31,7 +31,11 @@ the others wait -- into a temporary folder and renamed; see :mod:`depenc.data.pi
 The key is the sha256 of the data config (without the keys that do not change the files:
 batch_size, num_workers, block_size, cache_dir, build_workers, remote_dir), ``DATA_FORMAT_VERSION``,
 and the identity (path, size, mtime) of every local file read (text files, eval sets, the Brown
-archive, a local hf folder) or the grammar's source (synthetic).
+archive, a local hf folder, a tokenizer file) or the grammar's source (synthetic).
+
+After ``setup`` nothing reads the corpus again: the callbacks get an evaluation split's documents,
+document meta and offsets from the cache (``documents``, ``document_meta``, ``doc_offsets``); only
+``documents("train")`` reads the source once more.
 
 ``data.remote_dir`` (a folder or a URL LitData can stream from: ``s3://``, ``gs://``, ``r2://``) holds
 copies of built caches: a cache built here is copied there; a cache missing here but present there is

@@ -25,10 +25,12 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -231,7 +233,9 @@ def write_train_split(shards: Sequence, tokenizer_path: str, folder: str, dtype:
     jobs = list(enumerate(shards))
     workers = min(workers, len(jobs))
     if workers > 1:
-        _optimize(fn, jobs, out_dir, workers, os.path.join(folder, ".litdata"))
+        scratch = os.path.join(folder, ".litdata")
+        _optimize(fn, jobs, out_dir, workers, scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
     else:
         from litdata.streaming.cache import Cache
         from litdata.streaming.item_loader import TokensLoader
