@@ -12,6 +12,7 @@ JOBS ?=
 GPUS ?=
 EXPS ?= baseline_matched_small depenc_small
 SEEDS ?= 1 2 3
+GRID ?=
 GROUP ?= small
 # LitData (the token pipeline) declares torchvision, whose PyPI build does not load beside the CPU build of
 # torch 2.13.0 (and is not needed for tokens): installed without it; its other needs are in pyproject.toml
@@ -52,8 +53,8 @@ test-all: setup ## All tests, slow ones included (DDP, kill-and-resume, real cor
 data: setup ## Build (or find) the data cache of EXP: tokens, tokens/s, peak RSS; ARGS="key=value ... --rebuild"
 	$(PY) -m depenc.data build $(EXP) $(ARGS)
 
-sweep: setup ## Train every experiment of EXPS with every seed of SEEDS, one after another (ARGS for all; JOBS=N / GPUS=0,1,.. in parallel)
-	$(PY) -m depenc.sweep --exps $(EXPS) --seeds $(SEEDS) $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS)) -- $(ARGS)
+sweep: setup ## Train every experiment of EXPS with every seed of SEEDS (x GRID="key=v1,v2 ..."), one after another (ARGS for all; JOBS=N / GPUS=0,1,.. in parallel)
+	$(PY) -m depenc.sweep --exps $(EXPS) --seeds $(SEEDS) $(if $(GRID),--grid $(GRID)) $(if $(JOBS),--jobs $(JOBS)) $(if $(GPUS),--gpus $(GPUS)) -- $(ARGS)
 
 compare: setup ## Report (HTML + PNG + Markdown) in reports/<NAME>/ over the runs of EXPS (seeds aggregated) or RUNS="run folders"
 	$(PY) -m depenc.compare $(if $(RUNS),--runs $(RUNS),--exps $(EXPS)) $(if $(NAME),--name $(NAME))

@@ -199,9 +199,29 @@ def test_sweep_plans_experiments_by_seeds(capsys):
     assert lines[-1].endswith("-m depenc.train depenc_small seed=3 trainer.max_steps=50")
 
 
+def test_sweep_grid_names_runs_by_point_and_checks_configs_first(capsys):
+    from depenc import sweep
+
+    assert sweep.main(["--exps", "debug", "--seeds", "1", "2", "--grid", "data.synthetic.n_train=1000,4000",
+                       "model.n_layer=2,3", "--dry-run", "--", "trainer.max_steps=5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8  # 2 x 2 points x 2 seeds
+    assert lines[0].endswith("debug seed=1 trainer.max_steps=5 data.synthetic.n_train=1000 model.n_layer=2 "
+                             "run.name=n_train=1000-n_layer=2-s1")
+    assert lines[-1].endswith("data.synthetic.n_train=4000 model.n_layer=3 run.name=n_train=4000-n_layer=3-s2")
+    jobs = sweep.plan(["debug"], ["1"], [], grid=["data.synthetic.n_train=1000"])
+    assert [j.name for j in jobs] == ["debug-n_train=1000-s1"]
+    for grid, needle in ((["model.n_layerz=2,3"], "did you mean model.n_layer"), (["model.n_layer=0"], "positive"),
+                         (["model.n_layer"], "give KEY=v1,v2")):
+        assert sweep.main(["--exps", "debug", "--grid", *grid, "--dry-run"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+
+
 def test_sweep_runs_and_reports_failures(tmp_path):
-    """A real (sequential) sweep whose runs fail at once (unknown key): every run is tried, exit 1."""
+    """A real (sequential) sweep whose runs fail at once (a missing text file): every run is tried, exit 1."""
     proc = subprocess.run([sys.executable, "-m", "depenc.sweep", "--exps", "debug", "--seeds", "1", "2", "--",
-                           "no_such_key=1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                           "data.source=text", f"data.text.train={tmp_path / 'missing.txt'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "0/2 runs ok" in proc.stdout and "failed: debug-s1, debug-s2" in proc.stdout
