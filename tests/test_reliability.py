@@ -503,3 +503,19 @@ def test_accumulation_trains_like_the_whole_batch(tmp_path):
     assert summary["global_step"] == 4 and summary["tokens_seen"] == 4 * 512
     assert len(losses[8][1]) == 2  # validation every 2 optimizer steps, not every 2 micro-batches
     assert losses[8][1] == pytest.approx(losses[16][1], abs=1e-5), losses
+
+
+def test_early_stopping_stops_at_the_first_validation_without_improvement(tmp_path, capsys):
+    """patience 1 and an improvement no run can make (10 nats): the first validation sets the best, the
+    second stops the run; best.ckpt holds the weights of the lower of the two validation losses."""
+    args = ["trainer.max_steps=20", "trainer.val_check_interval=2", "trainer.early_stopping_patience=1",
+            "trainer.early_stopping_min_delta=10", "trainer.progress=log", *TINY[4:]]
+    assert train.main(["debug", *tiny_overrides(tmp_path, "run.name=e", *args)]) == 0
+    run_dir = tmp_path / "runs" / "debug" / "e"
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 4
+    val = {int(r["step"]): float(r["val/validation/loss"]) for r in train.read_rows(run_dir / "metrics.csv")
+           if r.get("val/validation/loss")}
+    assert sorted(val) == [2, 4]
+    best_step = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=True)["global_step"]
+    assert best_step == min(val, key=val.get)
+    assert "stopped at step 4 of 20 (early stopping)" in capsys.readouterr().err

@@ -168,6 +168,7 @@ POSITIVE = ("trainer.max_steps", "model.n_layer", "model.n_head", "model.n_embd"
             "callbacks.alignment.batch_size", "callbacks.generation.batch_size", "callbacks.agreement.batch_size",
             "callbacks.excess.batch_size", "callbacks.pairs.batch_size")
 NONNEGATIVE = ("trainer.max_tokens", "trainer.global_batch_tokens", "optim.warmup_tokens",
+               "trainer.early_stopping_patience", "trainer.early_stopping_min_delta",
                "model.mlp_hidden", "data.num_workers", "data.build_workers", "data.max_train_docs", "eval.stride", "optim.weight_decay", "optim.warmup_steps",
                "optim.grad_clip", "optim.encoder_lr_mult", "trainer.log_encoder_every", "data.synthetic.n_test",
                "data.synthetic.n_test_long", "callbacks.generation.temperature", "callbacks.generation.top_k",

@@ -189,6 +189,8 @@ class TrainerConfig:
     dist_timeout_s: int = 1800  # DDP process-group timeout (a rank waiting for rank zero's callbacks)
     progress: str = field(default="auto", metadata=choices("auto", "bar", "log", "none"))
     progress_every_n_steps: int = 50
+    early_stopping_patience: int = 0  # > 0: stop after this many validations without improvement
+    early_stopping_min_delta: float = 0.0
 
 
 @dataclass

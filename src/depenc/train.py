@@ -550,6 +550,18 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "", over
     return 0
 
 
+def early_stopping(cfg: DictConfig, monitor: str) -> list:
+    """Lightning's EarlyStopping on the first eval set's loss when trainer.early_stopping_patience > 0
+    (checked at validations only; trainer.max_steps stays the cap, best.ckpt keeps the best weights)."""
+    if not cfg.trainer.early_stopping_patience:
+        return []
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    return [EarlyStopping(monitor=monitor, mode="min", patience=cfg.trainer.early_stopping_patience,
+                          min_delta=cfg.trainer.early_stopping_min_delta, check_on_train_epoch_end=False,
+                          verbose=False)]
+
+
 def save_best_after_fit(trainer, best, path: Path) -> None:
     """best.ckpt always exists after a run: the final validation (outside fit, which ModelCheckpoint does
     not see) may be the best one, and a run never validated during fit has no best.ckpt yet; without any
@@ -599,6 +611,7 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
         ModelCheckpoint(dirpath=ckpt_dir, filename="last-{step}", save_last=True, save_top_k=0,
                         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_on_train_epoch_end=False),
         best,
+        *early_stopping(cfg, best.monitor),
         segment_clock_callback(clock),
         Progress(cfg.trainer.progress, cfg.trainer.progress_every_n_steps),
         *build_callbacks(cfg, dm, run_dir),

@@ -101,6 +101,8 @@ class Progress(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+        if trainer.is_global_zero and self.mode != "none" and trainer.global_step < self.total:
+            self._line(f"stopped at step {trainer.global_step} of {self.total} (early stopping)")
 
     def _line(self, text: str) -> None:
         if self.bar is not None:
