@@ -486,6 +486,7 @@ def test_token_budget_derives_steps_and_accumulation(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_accumulation_trains_like_the_whole_batch(tmp_path):
     """The same tokens per step in two micro-batches (accumulation 2) or one batch: the same losses
     (the shuffled order does not depend on the batch size)."""
@@ -505,6 +506,7 @@ def test_accumulation_trains_like_the_whole_batch(tmp_path):
     assert losses[8][1] == pytest.approx(losses[16][1], abs=1e-5), losses
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_at_the_first_validation_without_improvement(tmp_path, capsys):
     """patience 1 and an improvement no run can make (10 nats): the first validation sets the best, the
     second stops the run; best.ckpt holds the weights of the lower of the two validation losses."""

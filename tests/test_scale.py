@@ -108,6 +108,7 @@ def test_ddp_validation_equals_one_process(tmp_path):
     assert abs(float(row["val/validation/loss"]) - nll / n) < 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["baseline", "depenc"])
 def test_bf16_mixed_precision_on_cpu(tmp_path, kind):
     assert main(["debug", *tiny_overrides(tmp_path, f"model.kind={kind}", "trainer.accelerator=cpu",
