@@ -171,7 +171,7 @@ NONNEGATIVE = ("trainer.max_tokens", "trainer.global_batch_tokens", "optim.warmu
                "trainer.early_stopping_patience", "trainer.early_stopping_min_delta",
                "model.mlp_hidden", "data.num_workers", "data.build_workers", "data.max_train_docs", "eval.stride", "optim.weight_decay", "optim.warmup_steps",
                "optim.grad_clip", "optim.encoder_lr_mult", "trainer.log_encoder_every", "data.synthetic.n_test",
-               "data.synthetic.n_test_long", "callbacks.generation.temperature", "callbacks.generation.top_k",
+               "data.synthetic.n_test_long", "data.synthetic.n_test_depth", "data.synthetic.dedup_train", "callbacks.generation.temperature", "callbacks.generation.top_k",
                "callbacks.generation.max_new_tokens", "callbacks.generation.n_samples",
                "callbacks.agreement.n_bootstrap", "callbacks.pairs.n_bootstrap", "callbacks.efficiency.log_every_n_steps",
                *(f"callbacks.{c}.every_n_val" for c in ("alignment", "generation", "agreement", "excess", "pairs")))
@@ -226,12 +226,28 @@ def validate(cfg: DictConfig) -> None:
                           "(0 = non-overlapping blocks)")
     if m.depenc.parser == "oracle" and cfg.data.source != "synthetic":
         raise ConfigError("model.depenc.parser=oracle needs gold trees: use data.source=synthetic")
+    if cfg.data.source == "synthetic":
+        for key in ("callbacks.agreement.splits", "callbacks.excess.splits"):
+            for split in OmegaConf.select(cfg, key):
+                _check_synthetic_split(key, str(split), cfg.data.synthetic)
     if cfg.callbacks.pairs.enabled:  # the files are read when training starts; a missing one fails now
         from depenc.evaluation.alignment import resolve_path
 
         for f in cfg.callbacks.pairs.files:
             if not resolve_path(f).exists():
                 raise ConfigError(f"callbacks.pairs.files: {f} not found (a JSONL file or a folder of them)")
+
+
+def _check_synthetic_split(key: str, split: str, synthetic: DictConfig) -> None:
+    from depenc.data.synthetic.grammar import DEPTH_SPLITS, SPLITS
+
+    held_out = [s for s in SPLITS if s != "train"]
+    if split not in held_out:
+        near = difflib.get_close_matches(split, held_out, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"{key}: unknown synthetic split {split!r}{hint}; expected some of {', '.join(held_out)}")
+    if split in DEPTH_SPLITS and not synthetic.n_test_depth:
+        raise ConfigError(f"{key}: {split} is built only with data.synthetic.n_test_depth > 0 (e.g. 1000)")
 
 
 def to_container(cfg: DictConfig) -> dict:

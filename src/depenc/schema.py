@@ -191,6 +191,7 @@ class TrainerConfig:
     progress_every_n_steps: int = 50
     early_stopping_patience: int = 0  # > 0: stop after this many validations without improvement
     early_stopping_min_delta: float = 0.0
+    final_weights: str = field(default="auto", metadata=choices("auto", "last", "best"))  # auto = best with early stopping
 
 
 @dataclass

@@ -572,6 +572,22 @@ def save_best_after_fit(trainer, best, path: Path) -> None:
         trainer.save_checkpoint(str(path), weights_only=False)
 
 
+def final_weights(cfg: DictConfig) -> str:
+    """last | best: the weights every end-of-run metric is computed on (trainer.final_weights)."""
+    if cfg.trainer.final_weights == "auto":
+        return "best" if cfg.trainer.early_stopping_patience else "last"
+    return cfg.trainer.final_weights
+
+
+def load_best(lm, path: Path) -> int:
+    """Load best.ckpt's weights into ``lm``; returns the step it was saved at."""
+    import torch
+
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    lm.load_state_dict(ckpt["state_dict"])
+    return int(ckpt.get("global_step", -1))
+
+
 def strategy_of(t):
     """trainer.strategy; DDP (``auto`` or ``ddp`` with several processes) gets the process-group timeout
     trainer.dist_timeout_s, which bounds how long the other ranks wait for rank zero (its callbacks)."""
@@ -599,7 +615,7 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from depenc.callbacks import build_callbacks
+    from depenc.callbacks import EvalCallback, build_callbacks
     from depenc.callbacks.progress import Progress
 
     if cfg.model.compile:
@@ -607,6 +623,11 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
     ckpt_dir = str(run_dir / "checkpoints")
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=f"val/{dm.eval_set_names[0]}/loss", mode="min",
                            save_top_k=1, save_on_train_epoch_end=False, auto_insert_metric_name=False)
+    evaluations = build_callbacks(cfg, dm, run_dir)
+    use_best = final_weights(cfg) == "best"
+    for cb in evaluations:
+        if isinstance(cb, EvalCallback) and use_best:
+            cb.final_at_train_end = False  # run below, on best.ckpt's weights
     callbacks = [
         ModelCheckpoint(dirpath=ckpt_dir, filename="last-{step}", save_last=True, save_top_k=0,
                         every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_on_train_epoch_end=False),
@@ -614,7 +635,7 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
         *early_stopping(cfg, best.monitor),
         segment_clock_callback(clock),
         Progress(cfg.trainer.progress, cfg.trainer.progress_every_n_steps),
-        *build_callbacks(cfg, dm, run_dir),
+        *evaluations,
     ]
     t = cfg.trainer
     trainer = L.Trainer(
@@ -646,6 +667,14 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
     if t.val_check_interval and trainer.global_step % t.val_check_interval:
         trainer.validate(lm, datamodule=dm, verbose=False)  # final val/... metrics at the last step
     save_best_after_fit(trainer, best, run_dir / "checkpoints" / "best.ckpt")
+    extra: dict = {"final_weights": final_weights(cfg)}
+    if use_best:  # every end-of-run metric below is computed on the best validation step's weights
+        extra["best_step"] = load_best(lm, run_dir / "checkpoints" / "best.ckpt")
+        if best.best_model_score is not None:
+            extra["best_val_loss"] = float(best.best_model_score)
+        for cb in evaluations:
+            if isinstance(cb, EvalCallback):
+                cb.run_final(trainer, lm)
     if t.test_at_end:
         trainer.test(lm, datamodule=dm, verbose=False)
     if not trainer.is_global_zero:
@@ -654,7 +683,7 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
         logger.finalize("success")
     merge_metrics(run_dir, previous_metrics)
     clock.save("done")
-    summary = write_summary(run_dir, lm, trainer, {"wall_time_s": run_info["wall_time_s"]})
+    summary = write_summary(run_dir, lm, trainer, {**extra, "wall_time_s": run_info["wall_time_s"]})
     import wandb
 
     if wandb.run is not None:

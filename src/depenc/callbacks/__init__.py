@@ -115,6 +115,8 @@ class EvalCallback(Callback):
 
     def __init__(self, every_n_val: int, run_dir: str | os.PathLike | None = None):
         super().__init__()
+        # False: the end-of-run evaluation waits for run_final (train.py calls it once best.ckpt is loaded)
+        self.final_at_train_end = True
         self.every_n_val = int(every_n_val)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.n_val = 0
@@ -143,6 +145,11 @@ class EvalCallback(Callback):
             self._run(trainer, pl_module, final=False)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self.final_at_train_end:
+            self._run(trainer, pl_module, final=True)
+
+    def run_final(self, trainer, pl_module) -> None:
+        """The end-of-run evaluation, outside fit (on the weights ``pl_module`` holds now)."""
         self._run(trainer, pl_module, final=True)
 
     def _run(self, trainer, pl_module, final: bool) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from depenc.callbacks import EvalCallback, eval_size, wandb_table
 from depenc.evaluation.agreement import BUCKET_COLUMNS, PairItem, bucket_rows, evaluate_pairs, load_pairs
-from depenc.evaluation.base import oracle_skip_reason, unwrap_model
+from depenc.evaluation.base import oracle_skip_reason, synthetic_config, unwrap_model, with_depth_splits
 from depenc.evaluation.io import write_json
 
 log = logging.getLogger("depenc.callbacks.agreement")
@@ -31,6 +31,7 @@ class AgreementCallback(EvalCallback):
         self.c = c
         self.tokenizer = tokenizer
         self.synthetic_cfg = synthetic_cfg
+        self.splits = with_depth_splits(c.splits, synthetic_config(synthetic_cfg))
         self._pairs: dict[tuple[str, int], list[PairItem]] = {}
         self.last_result: dict | None = None
 
@@ -54,7 +55,7 @@ class AgreementCallback(EvalCallback):
         model = unwrap_model(pl_module)
         n = eval_size(self.c.max_pairs, self.c.final_max_pairs, final)
         result: dict[str, Any] = {"step": trainer.global_step, "final": final, "max_pairs": n, "splits": {}}
-        for split in self.c.splits:
+        for split in self.splits:
             m, details = evaluate_pairs(model, self.tokenizer, self.pairs(split, n), self.c.batch_size,
                                         self.c.n_bootstrap, self.c.seed)
             result["splits"][split] = {"metrics": m, **details}

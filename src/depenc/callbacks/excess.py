@@ -3,7 +3,8 @@
 
 Logs ``excess/<split>/<name>`` for every split of ``callbacks.excess.splits`` and writes the rich
 results (per-bucket counts included) to ``excess/<step>.json``. ``test_long`` is scored against
-``callbacks.excess.reference``, the other splits against their own generator. The exact
+``callbacks.excess.reference``, the depth splits (``test_depth*``) against the training rules without
+the depth cap, the other splits against their own generator. The exact
 distributions do not depend on the model, so each (split, number of sentences) is prepared once and
 reused at every evaluation. Runs only with ``data.source=synthetic`` and the word tokenizer;
 otherwise the callback is not built and says why once.
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from depenc.callbacks import EvalCallback, eval_size
-from depenc.evaluation.base import synthetic_config, unwrap_model
+from depenc.evaluation.base import synthetic_config, unwrap_model, with_depth_splits
 from depenc.evaluation.excess import SplitTargets, evaluate_excess, prepare_targets
 from depenc.evaluation.io import write_json
 
@@ -36,6 +37,7 @@ class ExcessCallback(EvalCallback):
         self.c = c
         self.tokenizer = tokenizer
         self.scfg = synthetic_config(synthetic_cfg)
+        self.splits = with_depth_splits(c.splits, self.scfg)
         self.cache_dir = cache_dir  # the exact distributions' disk cache
         self._targets: dict[tuple[str, int, int], SplitTargets] = {}
         self.last_result: dict | None = None
@@ -56,6 +58,8 @@ class ExcessCallback(EvalCallback):
         return None  # oracle models get their gold arcs from the sentences (word tokenizer, checked above)
 
     def split_reference(self, split: str) -> str:
+        if split.startswith("test_depth"):
+            return "train"  # sampled from the training rules without the depth cap: that is also their own generator
         return self.c.reference if split == "test_long" else "own"
 
     def targets(self, split: str, n: int, block_size: int) -> SplitTargets:
@@ -70,7 +74,7 @@ class ExcessCallback(EvalCallback):
         n = eval_size(self.c.max_sentences, self.c.final_max_sentences, final)
         metrics: dict[str, float] = {}
         result: dict[str, Any] = {"step": trainer.global_step, "final": final, "max_sentences": n, "splits": {}}
-        for split in self.c.splits:
+        for split in self.splits:
             targets = self.targets(split, n, int(model.cfg.block_size))
             m, result["splits"][split] = evaluate_excess(model, self.tokenizer, self.scfg, split, targets=targets,
                                                          batch_size=self.c.batch_size)

@@ -496,7 +496,8 @@ class LMDataModule(L.LightningDataModule):
             self._train_dir, self._train_chunk_cache = os.path.join(path, "train"), None
         extra = list(meta["corpus"]["extra_splits"])
         self.eval_set_names = ["validation"] + extra
-        self.test_set_names = ["test"] + (["test_long"] if "test_long" in order else []) + extra
+        held_out = [s for s in order if s not in ("train", "validation", "test", *extra)]  # test_long, test_depth*
+        self.test_set_names = ["test"] + held_out + extra
         self.corpus_info = dict(meta["corpus"])
         self.corpus_info.update(
             tokenizer=meta["tokenizer"]["kind"],

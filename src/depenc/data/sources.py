@@ -672,7 +672,8 @@ def _plan_synthetic(cfg: dict) -> CorpusPlan:
     mod = synthetic_module()
     scfg = mod.SyntheticConfig.from_dict(dict(cfg.get("synthetic") or {}))
     frozen = tuple(sorted(dataclasses.asdict(scfg).items()))
-    splits = {split: [SyntheticShard(frozen, split)] for split in SYNTHETIC_SPLITS}
+    depth = mod.DEPTH_SPLITS if scfg.n_test_depth > 0 else ()  # depth generalisation sets, when asked for
+    splits = {split: [SyntheticShard(frozen, split)] for split in SYNTHETIC_SPLITS + depth}
     vocab = list(dict.fromkeys(mod.vocabulary(scfg)))
     return CorpusPlan(splits, whitespace_tokenised=True, fixed_vocab=vocab, source="synthetic")
 
@@ -685,7 +686,7 @@ def eval_set_specs(data_cfg: Any) -> dict[str, dict]:
     """``data.eval_sets`` as name -> {path: [...], by, whitespace}, validated."""
     cfg = to_plain(data_cfg)
     specs: dict[str, dict] = {}
-    reserved = set(SYNTHETIC_SPLITS)
+    reserved = set(SYNTHETIC_SPLITS) | set(synthetic_module().DEPTH_SPLITS)
     for name, spec in (cfg.get("eval_sets") or {}).items():
         name = str(name)
         if name in reserved or not _NAME_RE.match(name):

@@ -56,6 +56,15 @@ def oracle_skip_reason(model: torch.nn.Module, tokenizer: Any) -> str | None:
     return None
 
 
+def with_depth_splits(splits, scfg) -> list[str]:
+    """``splits`` followed by the depth-generalisation splits when the corpus has them
+    (``n_test_depth > 0``) and they are not listed already."""
+    from depenc.data.synthetic import DEPTH_SPLITS
+
+    listed = [str(s) for s in splits]
+    return listed + ([s for s in DEPTH_SPLITS if s not in listed] if scfg.n_test_depth > 0 else [])
+
+
 def synthetic_config(cfg: Any):
     """A :class:`depenc.data.synthetic.SyntheticConfig` from one, a dict or an OmegaConf node
     (``data.synthetic`` of a run config)."""

@@ -75,7 +75,7 @@ CLI: ``python -m depenc.data.synthetic {export,pairs,check,stats,floor} ...`` (s
 from . import corpus, grammar
 from .corpus import (chain_uuas, make_split, minimal_pairs, split_stats, to_conllu,
                      undirected_edges)
-from .grammar import (LEXICON, NUMBERS, SPLITS, START, Agreement, Grammar, MinimalPair, Rule,
+from .grammar import (DEPTH_SPLITS, LEXICON, NUMBERS, SPLITS, START, Agreement, Grammar, MinimalPair, Rule,
                       Sentence, SyntheticConfig, accepts, build_rules, first_invalid, get_grammar,
                       vocabulary)
 from .cli import main
@@ -95,6 +95,7 @@ __all__ = [
     "Grammar",
     "LEXICON",
     "SPLITS",
+    "DEPTH_SPLITS",
     "build_rules",
     "get_grammar",
     "accepts",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 from collections import Counter
@@ -9,8 +10,8 @@ from typing import Iterable, Sequence
 
 from depenc.metrics.buckets import find_bucket
 
-from .grammar import (LEXICON, SPLITS, _UPOS, _VERB_CATS, MinimalPair, Sentence, SyntheticConfig,
-                      _check_split, get_grammar)
+from .grammar import (DEPTH_SPLITS, LEXICON, SPLITS, _UPOS, _VERB_CATS, MinimalPair, Sentence,
+                      SyntheticConfig, _check_split, get_grammar, split_depth_range)
 
 # --------------------------------------------------------------------------------------------------
 # Splits
@@ -23,7 +24,20 @@ def _split_seed(cfg: SyntheticConfig, split: str) -> int:
 
 @functools.lru_cache(maxsize=32)
 def _split_keys(cfg: SyntheticConfig, split: str) -> frozenset[str]:
+    if split == "train":  # the dedup pool: the first max(n_train, dedup_train) train sentences
+        cfg = dataclasses.replace(cfg, n_train=cfg.dedup_pool, dedup_train=0)
     return frozenset(s.text for s in make_split(cfg, split))
+
+
+def _held_out_source(cfg: SyntheticConfig, split: str):
+    """(grammar, keep) of a held-out split: the generator it samples and the filter its draws pass."""
+    if split == "test_long":
+        min_dist = cfg.long_min_distance
+        return get_grammar(cfg.long_variant()), lambda s: any(a.distance >= min_dist for a in s.agreement)
+    if split in DEPTH_SPLITS:
+        lo, hi = split_depth_range(split)
+        return get_grammar(cfg.depth_variant()), lambda s: s.depth >= lo and (hi is None or s.depth <= hi)
+    return get_grammar(cfg), lambda s: True
 
 
 @functools.lru_cache(maxsize=32)
@@ -34,18 +48,13 @@ def make_split(cfg: SyntheticConfig, split: str) -> list[Sentence]:
     rng = random.Random(_split_seed(cfg, split))
     if split == "train":
         return get_grammar(cfg).generate(n, _split_seed(cfg, split))
-    earlier = SPLITS[:SPLITS.index(split)]
-    taken = [_split_keys(cfg, s) for s in earlier]
-    if split == "test_long":
-        grammar = get_grammar(cfg.long_variant())
-        min_dist = cfg.long_min_distance
-    else:
-        grammar = get_grammar(cfg)
-        min_dist = None
+    # disjoint from the earlier splits (the depth splits are disjoint from each other by depth)
+    taken = [_split_keys(cfg, s) for s in SPLITS[:SPLITS.index(split)] if s not in DEPTH_SPLITS]
+    grammar, keep = _held_out_source(cfg, split)
     out: list[Sentence] = []
     while len(out) < n:
         s = grammar.sample(rng)
-        if min_dist is not None and not any(a.distance >= min_dist for a in s.agreement):
+        if not keep(s):
             continue
         text = s.text
         if any(text in t for t in taken):

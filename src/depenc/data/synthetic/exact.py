@@ -62,7 +62,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .corpus import make_split
-from .grammar import LEXICON, SPLITS, START, Rule, SyntheticConfig, _check_split, build_rules
+from .grammar import DEPTH_SPLITS, LEXICON, SPLITS, START, Rule, SyntheticConfig, _check_split, build_rules
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
@@ -204,7 +204,7 @@ def reference_pcfg(cfg: SyntheticConfig | None = None, reference: str = "own",
         raise ValueError(f"unknown reference {reference!r}; expected one of {', '.join(REFERENCES)}")
     if split is not None:
         _check_split(split)
-    if reference == "train":
+    if reference == "train" or split in DEPTH_SPLITS:  # a depth split's own generator has no depth cap
         return compile_pcfg(build_rules(cfg), LEXICON, START, None)
     gen = cfg.long_variant() if split == "test_long" else cfg
     return compile_pcfg(build_rules(gen), LEXICON, START, gen.max_depth)
@@ -551,7 +551,11 @@ class ExactReference(ExactParser):
         return super().category_probs(words)
 
     def cache_key(self) -> str:
-        payload = {"version": CACHE_VERSION, "config": dataclasses.asdict(self.cfg),
+        config = dataclasses.asdict(self.cfg)
+        if self.split != "train":  # a held-out split depends on the train split only through the dedup pool
+            config["n_train"] = self.cfg.dedup_pool
+            config.pop("dedup_train")
+        payload = {"version": CACHE_VERSION, "config": config,
                    "split": self.split, "reference": self.reference, "code": _code_fingerprint()}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -639,7 +643,7 @@ def floor(cfg: SyntheticConfig | None = None, split: str = "validation", referen
     out = {"split": split, "reference": reference, "nats_per_token": nats, "ppl": math.exp(nats),
            "n_tokens": n_tokens, "n_sentences": n_sent, "seconds": seconds, "cached": ref.cache_hit}
     if reference == "own":
-        gen = cfg.long_variant() if split == "test_long" else cfg
+        gen = cfg.long_variant() if split == "test_long" else cfg.depth_variant() if split in DEPTH_SPLITS else cfg
         out["p_too_long"] = length_tail(ref.pcfg, gen.max_words)
         out["length_shift"] = n_sent * math.log1p(-out["p_too_long"]) / max(n_tokens, 1)
     if dedup:

@@ -16,7 +16,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Sequence
 
-SPLITS = ("train", "validation", "test", "test_long")
+# depth generalisation: the training rules without the depth cap, filtered to one embedding depth
+# (test_depth6 holds depth >= 6); built only with n_test_depth > 0
+DEPTH_SPLITS = ("test_depth3", "test_depth4", "test_depth5", "test_depth6")
+SPLITS = ("train", "validation", "test", "test_long") + DEPTH_SPLITS
 NUMBERS = ("sg", "pl")
 
 # --------------------------------------------------------------------------------------------------
@@ -34,6 +37,10 @@ class SyntheticConfig:
     n_validation: int = 2_000
     n_test: int = 2_000
     n_test_long: int = 2_000
+    n_test_depth: int = 0  # sentences in each of test_depth3..6 (0 = no depth splits)
+    # held-out splits are kept disjoint from the first max(n_train, dedup_train) train sentences: set it
+    # to the largest n_train of a data-size grid and every size gets the same validation and test sets
+    dedup_train: int = 0
     # recursion and length limits of the generator (the recogniser is unbounded)
     max_depth: int = 7
     max_words: int = 100
@@ -76,7 +83,7 @@ class SyntheticConfig:
         if min(frames) < 0 or self.w_intransitive + self.w_transitive <= 0:
             raise ValueError("SyntheticConfig: verb frame weights must be >= 0 and "
                              "w_intransitive + w_transitive > 0")
-        for name in ("n_train", "n_validation", "n_test", "n_test_long", "max_depth"):
+        for name in ("n_train", "n_validation", "n_test", "n_test_long", "n_test_depth", "dedup_train", "max_depth"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SyntheticConfig.{name} must be >= 0")
         if self.max_words < 3 or self.long_max_words < 3:
@@ -99,9 +106,27 @@ class SyntheticConfig:
             self, p_pp=self.long_p_pp, p_rc=self.long_p_rc, p_obj_rel=self.long_p_obj_rel,
             p_adj=self.long_p_adj, max_depth=self.long_max_depth, max_words=self.long_max_words)
 
+    def depth_variant(self) -> "SyntheticConfig":
+        """The training rules without the depth cap (what the ``test_depth*`` splits are sampled from): a
+        depth cap of ``max_words`` never binds, since every embedding adds at least one word."""
+        return dataclasses.replace(self, max_depth=max(self.max_depth, self.max_words))
+
     def split_size(self, split: str) -> int:
         _check_split(split)
+        if split in DEPTH_SPLITS:
+            return self.n_test_depth
         return getattr(self, f"n_{split}")
+
+    @property
+    def dedup_pool(self) -> int:
+        """How many train sentences the held-out splits are kept disjoint from."""
+        return max(self.n_train, self.dedup_train)
+
+
+def split_depth_range(split: str) -> tuple[int, int | None]:
+    """(lowest, highest or None) sentence embedding depth of a ``test_depth*`` split."""
+    k = int(split.removeprefix("test_depth"))
+    return (k, None) if split == DEPTH_SPLITS[-1] else (k, k)
 
 
 def _check_split(split: str) -> None:
@@ -133,6 +158,11 @@ class Sentence:
     # embedding depth per token: how many embedded phrases (PP, relative or complement clause)
     # contain the word, i.e. the generator's depth counter at the rule that emitted it
     depths: list[int] = field(default_factory=list)
+
+    @property
+    def depth(self) -> int:
+        """The sentence's embedding depth: the deepest word's."""
+        return max(self.depths, default=0)
 
     def __len__(self) -> int:
         return len(self.tokens)
