@@ -499,7 +499,8 @@ HARMLESS_WARNINGS = (r"Experiment logs directory .* exists and is not empty",  #
                      r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                      r"Checkpoint directory .* exists and is not empty",  # a resume writes into its own folder
                      r"Your `IterableDataset` has `__len__` defined",  # LitData's loader: its length is exact
-                     r"It is recommended to use `self.log\('((val|test)/|step')")  # computed from sums all-reduced already
+                     r"It is recommended to use `self.log\('((val|test)/|step')",  # computed from sums all-reduced already
+                     r"The number of training batches \(\d+\) is smaller than the logging interval")  # logging counts steps, not epochs
 
 
 class _DropHarmless(logging.Filter):
@@ -545,6 +546,8 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "", over
         raise
     if summary is not None:
         print(f"finished: {run_dir}")
+        if summary.get("final_weights") == "best":
+            print(f"  (end-of-run metrics on best.ckpt, step {summary.get('best_step')}; val/ below is the last step's)")
         for key in sorted(k for k in summary if k.endswith("/ppl") or k.endswith("/bpb")):
             print(f"  {key} = {summary[key]:.4f}" if summary[key] is not None else f"  {key} = n/a")
     return 0
@@ -581,9 +584,9 @@ def final_weights(cfg: DictConfig) -> str:
 
 def load_best(lm, path: Path) -> int:
     """Load best.ckpt's weights into ``lm``; returns the step it was saved at."""
-    import torch
+    from depenc.lightning import read_checkpoint
 
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(str(path))
     lm.load_state_dict(ckpt["state_dict"])
     return int(ckpt.get("global_step", -1))
 
