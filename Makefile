@@ -23,7 +23,7 @@ OUT ?=
 export WANDB_SILENT := true
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train test test-all clean sweep compare notebook bench dashboard export gpu-check data
+.PHONY: help setup train test test-all clean sweep compare curves notebook bench dashboard export gpu-check data
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +58,12 @@ sweep: setup ## Train every experiment of EXPS with every seed of SEEDS (x GRID=
 
 compare: setup ## Report (HTML + PNG + Markdown) in reports/<NAME>/ over the runs of EXPS (seeds aggregated) or RUNS="run folders"
 	$(PY) -m depenc.compare $(if $(RUNS),--runs $(RUNS),--exps $(EXPS)) $(if $(NAME),--name $(NAME))
+
+# make curves: the regime experiments unless EXPS is given on the command line
+CURVE_EXPS := $(if $(filter command line environment,$(origin EXPS)),$(EXPS),regimes/matched regimes/alibi regimes/depenc regimes/oracle)
+
+curves: setup ## Learning curves (excess vs training tokens) and depth generalisation over grid runs: reports/<NAME or regimes>/summary.md + PNGs (EXPS: default the four regimes/*)
+	$(PY) -m depenc.curves --exps $(CURVE_EXPS) $(if $(NAME),--name $(NAME))
 
 notebook: setup ## Open notebooks/01-analyze-generations.ipynb in JupyterLab (needs: .venv/bin/pip install -e ".[notebook]")
 	@$(PY) -c "import jupyterlab" 2>/dev/null || { echo 'JupyterLab is not installed: $(PY) -m pip install -e ".[notebook]"'; exit 1; }

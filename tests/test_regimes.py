@@ -136,7 +136,7 @@ def test_final_metrics_come_from_best_ckpt_and_depth_splits_are_evaluated(tmp_pa
                           "data.synthetic.n_test=30", "data.synthetic.n_test_long=10", "data.synthetic.max_depth=2",
                           "data.synthetic.n_test_depth=12", "trainer.max_steps=12", "trainer.val_check_interval=3",
                           "trainer.early_stopping_patience=2", "trainer.final_weights=best", "optim.lr=0.05",
-                          "run.name=best", "callbacks.generation.enabled=false", "callbacks.alignment.enabled=false",
+                          "run.name=best", "data.build_workers=1", "callbacks.generation.enabled=false", "callbacks.alignment.enabled=false",
                           "callbacks.agreement.every_n_val=0", "callbacks.excess.every_n_val=0",
                           "callbacks.excess.splits=[validation]")
     assert main(["debug", *args]) == 0
@@ -162,3 +162,6 @@ def test_final_metrics_come_from_best_ckpt_and_depth_splits_are_evaluated(tmp_pa
     rows = list(csv.DictReader(open(run / "metrics.csv")))
     val = [float(r["val/validation/loss"]) for r in rows if r.get("val/validation/loss")]
     assert summary["best_val_loss"] == pytest.approx(min(val), abs=1e-6)
+    # summary's validation metrics are best.ckpt's too (recomputed), while metrics.csv keeps the curve
+    assert summary["val/validation/loss"] == pytest.approx(summary["best_val_loss"], abs=1e-5)
+    assert float(rows[-1].get("val/validation/loss") or val[-1]) == pytest.approx(val[-1])

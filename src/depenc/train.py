@@ -547,7 +547,7 @@ def run(cfg: DictConfig, resume_dir: Path | None = None, command: str = "", over
     if summary is not None:
         print(f"finished: {run_dir}")
         if summary.get("final_weights") == "best":
-            print(f"  (end-of-run metrics on best.ckpt, step {summary.get('best_step')}; val/ below is the last step's)")
+            print(f"  (end-of-run metrics on best.ckpt, step {summary.get('best_step')})")
         for key in sorted(k for k in summary if k.endswith("/ppl") or k.endswith("/bpb")):
             print(f"  {key} = {summary[key]:.4f}" if summary[key] is not None else f"  {key} = n/a")
     return 0
@@ -589,6 +589,20 @@ def load_best(lm, path: Path) -> int:
     ckpt = read_checkpoint(str(path))
     lm.load_state_dict(ckpt["state_dict"])
     return int(ckpt.get("global_step", -1))
+
+
+def validate_unlogged(trainer, lm, dm) -> dict[str, float]:
+    """The val/... metrics of ``lm``'s current weights, kept out of metrics.csv and W&B (whose validation
+    curve stays the training run's)."""
+    loggers = trainer.loggers
+    trainer.loggers = []
+    trainer.depenc_on_best = True  # the progress line says whose weights these are
+    try:
+        trainer.validate(lm, datamodule=dm, verbose=False)
+    finally:
+        trainer.loggers = loggers
+        trainer.depenc_on_best = False
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
 
 def strategy_of(t):
@@ -675,6 +689,8 @@ def fit(cfg: DictConfig, dm, lm, run_dir: Path, run_info: dict, resume_dir: Path
         extra["best_step"] = load_best(lm, run_dir / "checkpoints" / "best.ckpt")
         if best.best_model_score is not None:
             extra["best_val_loss"] = float(best.best_model_score)
+        if t.val_check_interval and t.limit_val_batches:
+            extra.update(validate_unlogged(trainer, lm, dm))  # summary.json's val/... are best.ckpt's too
         for cb in evaluations:
             if isinstance(cb, EvalCallback):
                 cb.run_final(trainer, lm)

@@ -95,7 +95,8 @@ class Progress(Callback):
         shown = [f"{key.split('/')[1]} ppl {float(value):.3f}" for key, value in trainer.callback_metrics.items()
                  if key.startswith("val/") and key.endswith("/ppl")]
         if shown:
-            self._line(f"step {trainer.global_step}: " + ", ".join(shown))
+            best = " (best.ckpt)" if getattr(trainer, "depenc_on_best", False) else ""
+            self._line(f"step {trainer.global_step}{best}: " + ", ".join(shown))
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.bar is not None:
