@@ -22,6 +22,7 @@ VARIANTS = {  # (depenc changes or None for the baseline, model changes)
     "parser_layer2": ({"parser_layer": 2}, {}),
     "alibi_depenc": ({}, {"pos": "alibi"}),
     "sdpa_backend": ({}, {"attention_impl": "sdpa"}),
+    "head_mixture": ({"output": "head_mixture"}, {}),
 }
 
 

@@ -50,6 +50,7 @@ VARIANTS = [
     {"attention": "mix"},
     {"parser": "distance"},
     {"parser_layer": 2, "structured_encoding": False},
+    {"output": "head_mixture"},
 ]
 
 
@@ -298,3 +299,40 @@ def test_checkpoints_of_study_v1_load_and_removed_options_are_refused():
     torch.testing.assert_close(rebuilt.eval()(idx)["logits"], new(idx)["logits"], rtol=0, atol=0)
     with pytest.raises(ValueError, match="study-v1"):
         upgrade_model_config({**old, "depenc": {**old_dep, "parser": "frontier"}}, "depenc")
+
+
+def test_head_mixture_is_a_distribution_and_the_explicit_mixture():
+    """log-probabilities that sum to one, equal to (1 - g_i) p_lm(h_i) + sum_j M_ij q(h_j) written out;
+    the zero_gate ablation leaves the plain LM head's distribution exactly."""
+    m = make_trained_like({"output": "head_mixture"})
+    idx = tokens()
+    out = m(idx, return_analysis=True, need_weights=False)
+    logp = out["logits"]  # (B, T, V)
+    torch.testing.assert_close(logp.exp().sum(-1), torch.ones(logp.shape[:2]), atol=1e-5, rtol=0)
+    # the explicit formula, from the model's own pieces
+    h = {}
+    hook = m.ln_f.register_forward_hook(lambda mod, inp, o: h.update(x=inp[0]))  # the final states
+    m(idx)
+    hook.remove()
+    x, M = h["x"], out["dep"]["M"]
+    p_lm = torch.softmax(m.lm_head(m.ln_f(x)), -1)
+    q = torch.softmax(m.lm_head(m.head_mixture.ln_q(m.head_mixture.w_q(x))), -1)
+    want = torch.zeros_like(p_lm)
+    B, T_, _ = M.shape
+    for b in range(B):
+        for i in range(T_):  # row i mixes the heads j <= i only (M is causal)
+            want[b, i] = (1 - M[b, i].sum()) * p_lm[b, i] + sum(M[b, i, j] * q[b, j] for j in range(i + 1))
+    torch.testing.assert_close(logp.exp(), want, atol=1e-5, rtol=1e-4)
+    assert (M.sum(-1) > 0.1).any()  # the mixture is really exercised
+    m.ablate("zero_gate")  # M = 0 everywhere (the states change too: no structured term, no arc bias)
+    hook = m.ln_f.register_forward_hook(lambda mod, inp, o: h.update(x=inp[0]))
+    plain = m(idx)["logits"]
+    hook.remove()
+    torch.testing.assert_close(plain.exp(), torch.softmax(m.lm_head(m.ln_f(h["x"])), -1), atol=1e-5, rtol=1e-4)
+
+
+def test_head_mixture_needs_the_next_word_target():
+    from depenc.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="head_mixture .* needs model.depenc.target=next"):
+        load_config("depenc_small", ["model.depenc.output=head_mixture", "model.depenc.target=self"])

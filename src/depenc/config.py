@@ -224,6 +224,9 @@ def validate(cfg: DictConfig) -> None:
     if cfg.eval.stride > cfg.data.block_size:
         raise ConfigError(f"eval.stride={cfg.eval.stride} must be <= data.block_size={cfg.data.block_size} "
                           "(0 = non-overlapping blocks)")
+    if m.kind == "depenc" and m.depenc.output == "head_mixture" and m.depenc.target != "next":
+        raise ConfigError("model.depenc.output=head_mixture predicts the next word through its attachment: "
+                          "it needs model.depenc.target=next")
     if m.depenc.parser == "oracle" and cfg.data.source != "synthetic":
         raise ConfigError("model.depenc.parser=oracle needs gold trees: use data.source=synthetic")
     if cfg.data.source == "synthetic":

@@ -36,6 +36,9 @@ class DepEncConfig:
     bias_eps: float = 0.01  # bias: eps in log(M + eps)
     gate_init: float = 0.0  # initial gate logit (sigmoid(0) = 0.5)
     embedding_init: str = field(default="none", metadata=choices("none", "ppmi_svd"))  # applied by the builder
+    # lm: the usual output head | head_mixture: p(x_i+1) = (1 - g_i) p_lm(. | h_i) + g_i sum_j P_ij q(. | h_j),
+    # the next word predicted through its candidate heads (target=next; Dependency-based Mixture LMs)
+    output: str = field(default="lm", metadata=choices("lm", "head_mixture"))
 
 
 @dataclass

@@ -59,13 +59,38 @@ def attention_class(cfg: ModelConfig, layer: int) -> type[CausalSelfAttention]:
     return DepBiasAttention if dep.attention == "bias" else DepMixAttention
 
 
+class HeadMixture(nn.Module):
+    """Prediction through the structure (Dependency-based Mixture LMs, Yang & Tu 2022;
+    ``depenc.output=head_mixture``). With M = g P the encoder's next-word attachment rows (target=next),
+
+        p(x_{i+1}) = (1 - g_i) softmax(lm(h_i)) + sum_j M_ij q_j,   q_j = softmax(lm(W_q h_j))
+
+    so the parser is directly responsible for the loss. q_j, "what a dependent of word j looks like",
+    depends on j alone, so the mixture is one (B, Tn, L) x (B, L, V) product. Returns log-probabilities,
+    which cross-entropy, sampling and every evaluation read like logits (they are normalised)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.w_q = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)  # the head-conditioned view of h_j
+        self.ln_q = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+
+    def forward(self, x, logits, arcs, lm_head: nn.Linear, cache: dict | None = None) -> torch.Tensor:
+        p_lm = F.softmax(logits.float(), dim=-1)  # (B, Tn, V)
+        q = F.softmax(lm_head(self.ln_q(self.w_q(x))).float(), dim=-1)  # (B, Tn, V)
+        if cache is not None:
+            q = cache_append(cache, "q", q)  # (B, L, V)
+        M = arcs.M.float()  # (B, Tn, L): g_i P_ij, 0 on rows without candidates
+        keep = (1.0 - M.sum(-1, keepdim=True)).clamp(min=0.0)  # (B, Tn, 1) = 1 - g_i
+        return torch.log(keep * p_lm + M @ q + torch.finfo(torch.float32).tiny)  # (B, Tn, V)
+
+
 class KVCache:
     """What cached decoding keeps for a batch of sequences: token ids, and per block (and for the
     encoder) buffers of ``capacity`` positions allocated on first write; ``length`` positions filled."""
 
     def __init__(self, n_layer: int, batch_size: int, capacity: int):
         self.batch_size, self.capacity, self.length = batch_size, capacity, 0
-        self.stores: list[dict] = [{} for _ in range(n_layer + 2)]  # blocks, encoder, token ids
+        self.stores: list[dict] = [{} for _ in range(n_layer + 2)]  # blocks, encoder (and head mixture), token ids
 
     def prepare(self, n_new: int) -> None:
         if self.length + n_new > self.capacity:
@@ -100,6 +125,8 @@ class Transformer(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.wte.weight  # tied
+        mixture = cfg.has_encoder and cfg.depenc.output == "head_mixture"
+        self.head_mixture = HeadMixture(cfg) if mixture else None  # the output through the candidate heads
         self.encoder = DependencyEncoder(cfg.depenc, cfg.n_embd, cfg.block_size, cfg.bias) if cfg.has_encoder else None
         self.parser_layer = cfg.depenc.parser_layer if cfg.has_encoder else -1
         self.use_dep_attention = True  # False: the zero_lambda ablation
@@ -171,6 +198,8 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length = L
         logits = self.lm_head(self.ln_f(x))  # (B, Tn, V)
+        if self.head_mixture is not None:
+            logits = self.head_mixture(x, logits, arcs, self.lm_head, cache and cache.stores[-2])  # log-probs
         out = {"logits": logits, "loss": None}
         if targets is not None:
             out["loss"] = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
