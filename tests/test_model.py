@@ -336,3 +336,24 @@ def test_head_mixture_needs_the_next_word_target():
 
     with pytest.raises(ConfigError, match="head_mixture .* needs model.depenc.target=next"):
         load_config("depenc_small", ["model.depenc.output=head_mixture", "model.depenc.target=self"])
+
+
+def test_right_frontier_oracle_rows():
+    """target=frontier: row i = the words a later word may still attach to, from the prefix's gold arcs only."""
+    from depenc.config import ConfigError, load_config
+    from depenc.data.gold import right_frontiers, sentence_gold_matrix
+
+    # the dog that the cat sees runs .   heads (1-based): the->dog, dog->runs, that->sees, the->cat,
+    # cat->sees, sees->dog, runs->root, .->runs
+    heads = [2, 7, 6, 5, 6, 2, 0, 7]
+    assert right_frontiers(heads) == [[0], [1], [1, 2], [1, 2, 3], [1, 2, 4], [1, 5], [6], [6, 7]]
+    M = sentence_gold_matrix(heads, "frontier")  # input [BOS] + sentence: row i+1 = frontier after word i
+    assert M.shape == (9, 9) and M[0].sum() == 0  # after BOS nothing to attach to
+    assert M[3, 2:4].tolist() == [0.5, 0.5] and M[3].sum() == pytest.approx(1.0)
+    # what the next word is never changes a row: the row after word i sees the arcs among words <= i only
+    other = list(heads)
+    other[7] = 0  # a different attachment of the last word
+    torch.testing.assert_close(sentence_gold_matrix(other, "frontier")[:8], M[:8])
+    with pytest.raises(ConfigError, match="target=frontier is the gold right-frontier oracle"):
+        load_config("depenc_small", ["model.depenc.target=frontier"])
+    load_config("depenc_small", ["model.depenc.target=frontier", "model.depenc.parser=oracle"])

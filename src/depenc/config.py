@@ -224,9 +224,12 @@ def validate(cfg: DictConfig) -> None:
     if cfg.eval.stride > cfg.data.block_size:
         raise ConfigError(f"eval.stride={cfg.eval.stride} must be <= data.block_size={cfg.data.block_size} "
                           "(0 = non-overlapping blocks)")
-    if m.kind == "depenc" and m.depenc.output == "head_mixture" and m.depenc.target != "next":
+    if m.kind == "depenc" and m.depenc.output == "head_mixture" and m.depenc.target == "self":
         raise ConfigError("model.depenc.output=head_mixture predicts the next word through its attachment: "
-                          "it needs model.depenc.target=next")
+                          "it needs model.depenc.target=next (or frontier with the oracle)")
+    if m.kind == "depenc" and m.depenc.target == "frontier" and m.depenc.parser != "oracle":
+        raise ConfigError("model.depenc.target=frontier is the gold right-frontier oracle: it needs "
+                          "model.depenc.parser=oracle (a learned parser takes target=next)")
     if m.depenc.parser == "oracle" and cfg.data.source != "synthetic":
         raise ConfigError("model.depenc.parser=oracle needs gold trees: use data.source=synthetic")
     if cfg.data.source == "synthetic":

@@ -67,9 +67,9 @@ def encoder_diagnostics(arcs: dict, target: str) -> dict[str, float]:
         return {}
     ent = -(P * P.clamp(min=1e-12).log()).sum(-1)  # (B, T)
     # the word immediately before the attaching token: j = i - 1 (self) or j = i (next)
-    off = 0 if target == "next" else -1
+    off = -1 if target == "self" else 0
     prev = torch.diagonal(P, offset=off, dim1=1, dim2=2)  # (B, T) or (B, T-1)
-    prev_has = has if target == "next" else has[:, 1:]
+    prev_has = has[:, 1:] if target == "self" else has
     return {
         "parser_entropy": ent[has].mean().item(),
         "gate_mean": g[has].mean().item(),

@@ -24,7 +24,8 @@ class DepEncConfig:
     """The dependency encoder (DESIGN 3.2-3.3); used when ``ModelConfig.kind == "depenc"``."""
 
     parser: str = field(default="biaffine", metadata=choices("biaffine", "distance", "oracle"))
-    target: str = field(default="next", metadata=choices("next", "self"))  # row i: where word i+1 | word i attaches
+    # row i: where word i+1 | word i attaches; frontier (parser=oracle only): the gold right frontier after word i
+    target: str = field(default="next", metadata=choices("next", "self", "frontier"))
     parser_layer: int = 1  # the encoder reads the output of this many blocks (>= 1)
     d_dep: int = 64  # biaffine projection width
     n_distance_buckets: int = 16  # distance term buckets (1..8 exact, then two per doubling)

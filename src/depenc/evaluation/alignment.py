@@ -225,7 +225,7 @@ def sentence_word_scores(
             res: dict[str, np.ndarray] = {}
             if M is not None:
                 Mb = M[b, :t1, :t1]
-                if target == "next":
+                if target != "self":  # next, frontier
                     Mb = shift_next_to_self(Mb)  # row i+1 <- row i: where token i+1 attaches
                 res["parser"] = word_scores_from_tokens(np.tril(Mb[1:, 1:], -1), e.word_of_token, n)
             if attn is not None:

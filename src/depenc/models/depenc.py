@@ -118,7 +118,7 @@ class DependencyEncoder(nn.Module):
         self.parser = PARSERS[cfg.parser](cfg, n_embd, bias)
         self.w_gate = nn.Linear(n_embd, 1, bias=True)
         self.w_struct = nn.Linear(n_embd, n_embd, bias=False) if cfg.structured_encoding else None
-        self.next_offset = 1 if cfg.target == "next" else 0  # row i of target=next is about token i+1
+        self.next_offset = 0 if cfg.target == "self" else 1  # row i of target=next (frontier) is about token i+1
         self.bias_form = cfg.dep_attention and cfg.attention == "bias"  # the blocks above read log(M + eps)
         # bucket of every arc length 0..block_size + 1, so no log/floor per forward
         self.register_buffer("bucket_of_len", distance_bucket(torch.arange(block_size + 2), cfg.n_distance_buckets),
