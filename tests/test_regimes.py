@@ -165,3 +165,14 @@ def test_final_metrics_come_from_best_ckpt_and_depth_splits_are_evaluated(tmp_pa
     # summary's validation metrics are best.ckpt's too (recomputed), while metrics.csv keeps the curve
     assert summary["val/validation/loss"] == pytest.approx(summary["best_val_loss"], abs=1e-5)
     assert float(rows[-1].get("val/validation/loss") or val[-1]) == pytest.approx(val[-1])
+
+
+def test_make_compare_says_when_runs_of_one_seed_are_grid_points(tmp_path, capsys):
+    from depenc.compare.runs import select_runs
+
+    root = tmp_path / "runs"
+    for n in (1000, 4000):
+        fake_run(root, "r/a", f"n_train={n}-s1", 1, n, n * 15, {"excess/test/excess": 0.1})
+    (kept,) = select_runs(["r/a"], None, root)
+    err = capsys.readouterr().err
+    assert "differ in data.synthetic.n_train=" in err and "make curves" in err

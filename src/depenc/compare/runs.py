@@ -238,14 +238,41 @@ def _warn(msg: str) -> None:
     print(f"compare: {msg}", file=sys.stderr)
 
 
+# keys that differ between runs of one experiment without making them different experiments
+IDENTITY_FREE = ("seed", "run.", "logger.", "trainer.progress", "callbacks.", "data.cache_dir", "data.num_workers",
+                 "data.build_workers", "exp", "extends")
+
+
+def _flat(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_difference(a: Run, b: Run) -> list[str]:
+    """``key=value`` of ``a`` for every setting in which two runs of one experiment differ beyond seed,
+    run name, logging and evaluation (a grid point, say)."""
+    fa, fb = _flat(a.config), _flat(b.config)
+    keys = sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and not k.startswith(IDENTITY_FREE))
+    return [f"{k}={fa.get(k)}" for k in keys]
+
+
 def _latest_per_seed(exp: str, runs: Sequence[Run]) -> list[Run]:
-    """One run per (seed, kind): the latest (``runs`` oldest first), with a warning for each rerun."""
+    """One run per (seed, kind): the latest (``runs`` oldest first), with a warning for each rerun and a
+    louder one when the runs differ in their settings (grid points: compare them with make curves)."""
     latest: dict[tuple, Run] = {}
     for r in runs:
         key = (r.seed, r.kind) if r.seed is not None else (r.run_id, r.kind)
         if key in latest:
+            diff = config_difference(r, latest[key])
+            what = (f"; they differ in {', '.join(diff[:4])}{' ...' if len(diff) > 4 else ''} (grid points? "
+                    "make curves compares those, or give --runs)") if diff else ""
             _warn(f"{exp}: seed {r.seed} ran more than once; using the latest ({r.path.name}, "
-                  f"not {latest[key].path.name}); --all-runs keeps both")
+                  f"not {latest[key].path.name}){what}; --all-runs keeps both")
         latest[key] = r
     return sorted(latest.values(), key=lambda r: (r.started, r.run_id))
 
