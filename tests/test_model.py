@@ -51,6 +51,8 @@ VARIANTS = [
     {"parser": "distance"},
     {"parser_layer": 2, "structured_encoding": False},
     {"output": "head_mixture"},
+    {"attention": "gate"},
+    {"attention": "gate", "target": "self"},
 ]
 
 
@@ -357,3 +359,40 @@ def test_right_frontier_oracle_rows():
     with pytest.raises(ConfigError, match="target=frontier is the gold right-frontier oracle"):
         load_config("depenc_small", ["model.depenc.target=frontier"])
     load_config("depenc_small", ["model.depenc.target=frontier", "model.depenc.parser=oracle"])
+
+
+@pytest.mark.parametrize("target", ["next", "self"])
+def test_gate_attention_is_attention_times_structure_not_renormalised(target):
+    """attention=gate: out = (A * (I + R)) V with R the token's own soft arcs (M's row i-1 for next, i
+    for self); the rows' mass is < 1 wherever the parse leaves relatives out; no KV cache (recomputes)."""
+    from depenc.models.attention import DepGateAttention, explicit_attention, structure_of
+
+    m = make_trained_like({"attention": "gate", "target": target})
+    idx = tokens()
+    out = m(idx, return_analysis=True, need_weights=True)
+    M = out["dep"]["M"]
+    S = structure_of(M, target == "self")
+    if target == "next":
+        torch.testing.assert_close(S[:, 5, :5], M[:, 4, :5])  # token 5's arcs = row 4's
+    else:
+        torch.testing.assert_close(S[:, 5, :5], M[:, 5, :5])
+    assert torch.all(torch.diagonal(S, dim1=1, dim2=2) == 1)
+    top = m.blocks[-1].attn
+    assert isinstance(top, DepGateAttention)
+    w = out["attn"][-1]  # (B, H, T, T) of the top block: the gated weights
+    assert (w.sum(-1) < 0.999).any() and (w.sum(-1) <= 1 + 1e-5).all()
+    # the top block's weights = its plain causal softmax times S
+    h = {}
+    hook = m.blocks[-1].ln_1.register_forward_hook(lambda mod, inp, o: h.update(x=o))
+    m(idx)
+    hook.remove()
+    B, T_, C = h["x"].shape
+    q, k, v = (t.view(B, T_, 2, C // 2).transpose(1, 2) for t in top.c_attn(h["x"]).split(C, dim=2))
+    causal = torch.full((T_, T_), float("-inf")).triu(1)
+    _, A = explicit_attention(q, k, v, causal)
+    torch.testing.assert_close(w, A * S.unsqueeze(1), atol=1e-6, rtol=1e-5)
+    assert not m.supports_cache()
+    g = torch.Generator().manual_seed(0)
+    a = m.generate(idx[:, :5], 6, temperature=1.0, generator=g, use_cache=True)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(a, m.generate(idx[:, :5], 6, temperature=1.0, generator=g, use_cache=False))

@@ -31,7 +31,8 @@ class DepEncConfig:
     n_distance_buckets: int = 16  # distance term buckets (1..8 exact, then two per doubling)
     structured_encoding: bool = True  # h_i += W_s (g_i sum_j P_ij e_j)
     dep_attention: bool = True  # dependency-weighted attention in every block above the encoder
-    attention: str = field(default="bias", metadata=choices("bias", "mix"))
+    # bias: logits + beta_h log(M + eps) | mix: (1-lam_h) attention + lam_h M V | gate: attention x (I + arcs), not renormalised
+    attention: str = field(default="bias", metadata=choices("bias", "mix", "gate"))
     gamma_init: float = -2.0  # mix: initial logit of the dependency component (sigmoid(-2) = 0.12)
     beta_init: float = 0.0  # bias: initial beta_h
     bias_eps: float = 0.01  # bias: eps in log(M + eps)

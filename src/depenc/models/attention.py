@@ -131,6 +131,38 @@ class DepMixAttention(CausalSelfAttention):
         return causal_matmul_add(y, arcs.M, v_dep)  # y + M @ lam V, all heads in one product
 
 
+class DepGateAttention(CausalSelfAttention):
+    """Gate form, an information bottleneck (UDGN, Shen et al. 2022): the causal attention probabilities
+    multiplied by the induced structure and *not* renormalised, out_i = sum_j A_ij S_ij v_j with
+    S = I + R, R[i, j] = token i's soft arc to the earlier word j (head or left dependent: M's row i
+    for target=self, row i-1 for target=next). A token sees only itself and its relatives above the
+    encoder; the attention mass it loses is the price of a wrong parse. Materialises (B, H, Tn, L);
+    no KV cache (generation recomputes)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.target_self = cfg.depenc.target == "self"
+
+    def attend(self, q, k, v, ctx, arcs, beta=None, log_M=None):
+        if arcs is None:  # the zero_lambda ablation: plain attention
+            return super().attend(q, k, v, ctx, None)
+        bias = ctx.pos_bias if ctx.pos_bias is not None else ctx.causal_mask()
+        _, A = explicit_attention(q, k, v, bias)  # (B, H, Tn, L)
+        S = structure_of(arcs.M, self.target_self, ctx.start)  # (B, Tn, L)
+        weights = A * S.unsqueeze(1).to(A.dtype)  # (B, H, Tn, L), rows sum to <= 1
+        return weights @ v, (weights if ctx.need_weights else None)
+
+
+def structure_of(M: torch.Tensor, target_self: bool, start: int = 0) -> torch.Tensor:
+    """(B, Tn, L) S = I + R of :class:`DepGateAttention` from M (B, Tn, L), rows start..L-1."""
+    B, Tn, L = M.shape
+    if start != 0 and not target_self:
+        raise ValueError("attention=gate with target=next needs the full sequence (no KV cache)")
+    R = M if target_self else torch.cat([M.new_zeros(B, 1, L), M[:, :-1]], dim=1)  # row i <- row i-1
+    eye = torch.arange(start, L, device=M.device).view(-1, 1) == torch.arange(L, device=M.device).view(1, -1)  # (Tn, L)
+    return (R + eye.to(M.dtype)).clamp(max=1.0)
+
+
 def cache_append(cache: dict, name: str, value: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """Append ``value`` along ``dim`` to ``cache[name]``; return everything so far. Buffers of
     ``cache["capacity"]`` positions are allocated on first use; ``cache["start"]`` is where to write."""

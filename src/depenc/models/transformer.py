@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from depenc.models.attention import AttnContext, CausalSelfAttention, DepBiasAttention, DepMixAttention, cache_append
+from depenc.models.attention import (AttnContext, CausalSelfAttention, DepBiasAttention, DepGateAttention,
+                                    DepMixAttention, cache_append)
 from depenc.schema import ModelConfig
 from depenc.models.depenc import DependencyEncoder
 
@@ -56,7 +57,7 @@ def attention_class(cfg: ModelConfig, layer: int) -> type[CausalSelfAttention]:
     dep = cfg.depenc
     if not (cfg.has_encoder and dep.dep_attention and layer >= dep.parser_layer):
         return CausalSelfAttention
-    return DepBiasAttention if dep.attention == "bias" else DepMixAttention
+    return {"bias": DepBiasAttention, "mix": DepMixAttention, "gate": DepGateAttention}[dep.attention]
 
 
 class HeadMixture(nn.Module):
@@ -220,8 +221,10 @@ class Transformer(nn.Module):
 
     # ---- decoding ---------------------------------------------------------------------------
     def supports_cache(self) -> bool:
-        """Cached decoding needs no gold arcs: every configuration but ``parser=oracle``."""
-        return self.encoder is None or self.cfg.depenc.parser != "oracle"
+        """Cached decoding needs no gold arcs and no earlier arc rows: every configuration but ``parser=oracle``
+        and the gate form (which recomputes)."""
+        dep = self.cfg.depenc
+        return self.encoder is None or (dep.parser != "oracle" and not (dep.dep_attention and dep.attention == "gate"))
 
     def new_cache(self, batch_size: int, capacity: int | None = None) -> KVCache:
         """An empty cache for ``batch_size`` sequences of at most ``capacity`` (<= block_size) positions."""
