@@ -339,8 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    present = [e for e in args.exps if (Path(args.root) / e).is_dir()]
+    for e in args.exps:
+        if e not in present:
+            print(f"curves: no runs of {e} under {args.root} yet; left out", file=sys.stderr)
     try:
-        runs = select_runs(args.exps, None, args.root, all_runs=True)
+        if not present:
+            raise CompareError(f"no experiment folder of {', '.join(args.exps)} under {args.root} "
+                               "(train them first: make sweep ...; or give --root)")
+        runs = select_runs(present, None, args.root, all_runs=True)
         out = Path(args.out) / args.name
         payload = build(runs, args.exps, out, args.within)
     except CompareError as exc:
