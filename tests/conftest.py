@@ -82,3 +82,15 @@ def no_wandb_run_leaks_between_tests():
     wandb = sys.modules.get("wandb")
     if wandb is not None and wandb.run is not None:
         wandb.finish()
+
+
+def has_cycle(heads: list[int]) -> bool:
+    """heads[d - 1] = the head of word d (0 = the root): does following heads from some word loop?"""
+    for i in range(1, len(heads) + 1):
+        seen, j = set(), i
+        while j != 0:
+            if j in seen:
+                return True
+            seen.add(j)
+            j = heads[j - 1]
+    return False

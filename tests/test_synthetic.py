@@ -12,6 +12,8 @@ import time
 
 import pytest
 
+from conftest import has_cycle
+
 from depenc.data.synthetic import (
     LEXICON,
     SPLITS,
@@ -54,17 +56,6 @@ def _is_projective(heads: list[int]) -> bool:
     return True
 
 
-def _has_cycle(heads: list[int]) -> bool:
-    for i in range(1, len(heads) + 1):
-        seen, j = set(), i
-        while j != 0:
-            if j in seen:
-                return True
-            seen.add(j)
-            j = heads[j - 1]
-    return False
-
-
 # ------------------------------------------------------------------ config and lexicon
 
 
@@ -104,7 +95,7 @@ def test_trees_well_formed(corpus):
         assert s.deprels[root] == "root" and s.tags[root][:2] in ("IV", "TV", "CV")
         assert sum(1 for h in s.heads if h > 0) == n - 1
         assert all(0 <= h <= n and h != i + 1 for i, h in enumerate(s.heads))
-        assert not _has_cycle(s.heads)
+        assert not has_cycle(s.heads)
         assert _is_projective(s.heads)
         assert set(s.deprels) <= LABELS
         assert s.tokens[-1] == "." and s.tokens.count(".") == 1

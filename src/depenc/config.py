@@ -230,6 +230,9 @@ def validate(cfg: DictConfig) -> None:
     if m.kind == "depenc" and m.depenc.target == "frontier" and m.depenc.parser != "oracle":
         raise ConfigError("model.depenc.target=frontier is the gold right-frontier oracle: it needs "
                           "model.depenc.parser=oracle (a learned parser takes target=next)")
+    if m.kind == "depenc" and m.depenc.inducer != "none" and (m.depenc.target != "next" or m.depenc.parser == "oracle"):
+        raise ConfigError(f"model.depenc.inducer={m.depenc.inducer} trains the causal parser's next-word rows: it needs "
+                          "model.depenc.target=next and a learned parser (biaffine or distance)")
     if m.depenc.parser == "oracle" and cfg.data.source != "synthetic":
         raise ConfigError("model.depenc.parser=oracle needs gold trees: use data.source=synthetic")
     if cfg.data.source == "synthetic":

@@ -123,6 +123,9 @@ class LMBase(L.LightningModule):
         self.log("step", float(self.global_step + 1), rank_zero_only=True)
         if analyse:
             self.log_encoder(out)
+        if "aux_loss" in out:  # depenc.inducer: the auxiliary objective (train/loss stays the LM's)
+            self.log_dict({"train/inducer_nll": out["inducer_nll"], "train/distill": out["distill"]})
+            return out["loss"] + out["aux_loss"]
         return out["loss"]
 
     def should_log_encoder(self) -> bool:

@@ -41,6 +41,11 @@ class DepEncConfig:
     # lm: the usual output head | head_mixture: p(x_i+1) = (1 - g_i) p_lm(. | h_i) + g_i sum_j P_ij q(. | h_j),
     # the next word predicted through its candidate heads (target=next; Dependency-based Mixture LMs)
     output: str = field(default="lm", metadata=choices("lm", "head_mixture"))
+    # training only, an auxiliary objective beyond the paper: inside = a whole-sentence head-outward dependency
+    # model (inside algorithm over projective trees) whose posterior next-word attachments train the parser
+    inducer: str = field(default="none", metadata=choices("none", "inside"))
+    inducer_dim: int = 64  # inside: the inducer's word-embedding width
+    distill_weight: float = 1.0  # inside: weight of the parser's cross-entropy against the inducer's posteriors
 
 
 @dataclass

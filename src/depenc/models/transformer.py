@@ -20,6 +20,7 @@ from depenc.models.attention import (AttnContext, CausalSelfAttention, DepBiasAt
                                     DepMixAttention, cache_append)
 from depenc.schema import ModelConfig
 from depenc.models.depenc import DependencyEncoder
+from depenc.models.inducer import HeadOutwardInducer, distill_loss
 
 
 
@@ -130,6 +131,8 @@ class Transformer(nn.Module):
         self.head_mixture = HeadMixture(cfg) if mixture else None  # the output through the candidate heads
         self.encoder = DependencyEncoder(cfg.depenc, cfg.n_embd, cfg.block_size, cfg.bias) if cfg.has_encoder else None
         self.parser_layer = cfg.depenc.parser_layer if cfg.has_encoder else -1
+        inducer = cfg.has_encoder and cfg.depenc.inducer == "inside"  # training only: never used to predict
+        self.inducer = HeadOutwardInducer(cfg.vocab_size, cfg.depenc.inducer_dim) if inducer else None
         self.use_dep_attention = True  # False: the zero_lambda ablation
         if cfg.pos == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
@@ -147,6 +150,8 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.cfg.n_layer))
         if self.encoder is not None:
             self.encoder.init_weights()
+        if self.inducer is not None:
+            self.inducer.init_weights()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -174,7 +179,9 @@ class Transformer(nn.Module):
                 cache: KVCache | None = None) -> dict:
         """idx: (B, Tn) token ids at positions start..L-1 (start = ``cache.length``, 0 without a cache).
         targets: (B, Tn), -100 = ignore. gold_M: (B, T, T) oracle arcs (``parser=oracle``). Returns
-        dict(logits (B, Tn, V), loss, attn (list of (B, H, Tn, L)) and dep (P, g, M, has_cand) when asked)."""
+        dict(logits (B, Tn, V), loss, attn (list of (B, H, Tn, L)) and dep (P, g, M, has_cand) when asked;
+        with ``depenc.inducer`` and targets in training, aux_loss = inducer_nll + distill_weight * distill,
+        the auxiliary objective, which ``loss`` (the LM's) leaves out)."""
         B, Tn = idx.shape
         start = cache.length if cache is not None else 0
         L = start + Tn
@@ -189,10 +196,11 @@ class Transformer(nn.Module):
         idx_all = cache_tokens(cache, idx)  # (B, L)
         arcs = structured = None
         attn_maps = []
+        induce = self.inducer is not None and targets is not None and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
             if i == self.parser_layer:
                 structured, arcs = self.encoder(x, idx_all, tok, self.cfg.eos_id, cache and cache.stores[-2],
-                                                gold_M, need_P=return_analysis)
+                                                gold_M, need_P=return_analysis or induce)
                 x = x if structured is None else x + structured
             x, weights = block(x, ctx, arcs if self.use_dep_attention else None, cache and cache.stores[i])
             attn_maps.append(weights)
@@ -204,6 +212,10 @@ class Transformer(nn.Module):
         out = {"logits": logits, "loss": None}
         if targets is not None:
             out["loss"] = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100)
+        if induce:
+            out["inducer_nll"], rows = self.inducer(idx_all, self.cfg.eos_id)  # rows: (B, T, T) posterior targets
+            out["distill"] = distill_loss(arcs.P, rows)
+            out["aux_loss"] = out["inducer_nll"] + self.cfg.depenc.distill_weight * out["distill"]
         if need_weights:
             out["attn"] = attn_maps
         if return_analysis and arcs is not None:

@@ -1,0 +1,153 @@
+"""The whole-sentence inducer (depenc.inducer=inside): the inside algorithm against brute-force
+enumeration of projective trees, the generative story, the causal parser's targets on a worked
+example, and the model: an auxiliary loss in training only, inference untouched."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import has_cycle
+
+from depenc.models.inducer import HeadOutwardInducer, Segments, distill_loss, eisner_inside
+from depenc.models.transformer import Transformer
+from depenc.schema import DepEncConfig, ModelConfig
+
+
+def projective_trees(n: int):
+    """Every single-root projective tree over words 1..n as heads[d - 1] in 0..n (0 = the root, before
+    word 1): one root child, no cycle, and no two arcs cross (the root's arc included)."""
+    for heads in itertools.product(range(n + 1), repeat=n):
+        if sum(h == 0 for h in heads) != 1 or any(h == d for d, h in enumerate(heads, 1)) or has_cycle(list(heads)):
+            continue
+        arcs = [(min(h, d), max(h, d)) for d, h in enumerate(heads, 1)]
+        if not any(a < c < b < e for a, b in arcs for c, e in arcs):
+            yield heads
+
+
+def brute_force(arc: torch.Tensor, root: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
+    """(log Z, arc posteriors (n, n)) of one sentence by enumeration."""
+    weights, trees = [], list(projective_trees(n))
+    for heads in trees:
+        w = sum(root[d - 1] if h == 0 else arc[h - 1, d - 1] for d, h in enumerate(heads, 1))
+        weights.append(float(w))
+    log_z = torch.tensor(weights, dtype=torch.float64).logsumexp(0)
+    post = torch.zeros(n, n, dtype=torch.float64)
+    for heads, w in zip(trees, weights):
+        for d, h in enumerate(heads, 1):
+            if h:
+                post[h - 1, d - 1] += math.exp(w - log_z)
+    return float(log_z), post
+
+
+def test_projective_tree_counts():
+    """Single-root projective dependency trees over n words: 1, 2, 7, 30, 143 (OEIS A006013)."""
+    assert [len(list(projective_trees(n))) for n in range(1, 6)] == [1, 2, 7, 30, 143]
+
+
+def test_inside_matches_brute_force_with_padding():
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([1, 3, 5, 4])
+    n = 5
+    arc = torch.randn(4, n, n, generator=g, dtype=torch.float64).requires_grad_()
+    root = torch.randn(4, n, generator=g, dtype=torch.float64)
+    log_z = eisner_inside(arc, root, lengths)
+    (post,) = torch.autograd.grad(log_z.sum(), arc)
+    for s, length in enumerate(lengths.tolist()):
+        want_z, want_post = brute_force(arc[s].detach(), root[s], length)
+        assert log_z[s].item() == pytest.approx(want_z, abs=1e-9)
+        torch.testing.assert_close(post[s, :length, :length], want_post)
+        assert post[s].sum().item() == pytest.approx(length - 1)  # every word but the root's child has a head
+        assert post[s, length:].abs().sum() == 0 and post[s, :, length:].abs().sum() == 0  # padding unread
+
+
+def test_log_prob_is_the_head_outward_story():
+    """log p(sentence) from the inducer = log sum over projective trees of the generative story's product,
+    written out here from the model's own softmaxes."""
+    torch.manual_seed(0)
+    ind = HeadOutwardInducer(vocab_size=4, dim=8).double()
+    for p in ind.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    words = torch.tensor([[2, 0, 3, 1]])
+    got, _ = ind.log_prob(words, torch.tensor([4]))
+    e = ind.emb(words[0])
+    cont = ind.cont(e)  # (n, 2) logits left, right
+    child = [F.log_softmax(lin(e), -1) for lin in ind.child]  # left, right: (n, V)
+    root = F.log_softmax(ind.root, -1)
+    total = []
+    for heads in projective_trees(4):
+        lp = F.logsigmoid(-cont).sum()  # every head stops once in each direction
+        for d, h in enumerate(heads):
+            if h == 0:
+                lp = lp + root[words[0, d]]
+            else:
+                side = 1 if d > h - 1 else 0
+                lp = lp + F.logsigmoid(cont[h - 1, side]) + child[side][h - 1, words[0, d]]
+        total.append(lp)
+    assert got.item() == pytest.approx(torch.stack(total).logsumexp(0).item(), abs=1e-9)
+
+
+def test_segments_and_next_word_rows_worked_example():
+    """Block [x, 3, 4, <eos>, 5, 6, 8]: position 0 is never a word; sentences [3, 4] and [5, 6, 8]."""
+    idx = torch.tensor([[7, 3, 4, 0, 5, 6, 8]])
+    segs = Segments.of(idx, eos_id=0)
+    assert segs.words.tolist() == [[3, 4, 0], [5, 6, 8]] and segs.lengths.tolist() == [2, 3]
+    assert segs.seg.tolist() == [[-1, 0, 0, -1, 1, 1, 1]] and segs.pos.tolist() == [[-1, 0, 1, -1, 0, 1, 2]]
+    U = torch.zeros(2, 3, 3)
+    U[0, 1, 0] = U[0, 0, 1] = 1.0
+    U[1, 1, 0] = U[1, 0, 1] = 0.9
+    U[1, 2, 0], U[1, 2, 1] = 0.3, 0.6  # word 8: to 5 or to 6
+    rows = segs.next_word_rows(U)[0]
+    want = torch.zeros(7, 7)
+    want[1, 1] = 1.0  # row 1 = where word 4 (position 2) attaches: to 3
+    want[4, 4] = 1.0  # row 4: word 6 -> 5
+    want[5, 4], want[5, 5] = 1 / 3, 2 / 3  # row 5: word 8 -> 5 or 6, normalised
+    torch.testing.assert_close(rows, want)  # rows 0, 2, 3, 6: a first word, an <eos>, past the block
+
+
+def test_distill_loss_known_values():
+    P = torch.tensor([[[1.0, 0.0], [0.25, 0.75]]])
+    rows = torch.tensor([[[0.0, 0.0], [0.5, 0.5]]])
+    assert distill_loss(P, rows).item() == pytest.approx(-(0.5 * math.log(0.25) + 0.5 * math.log(0.75)))
+    assert distill_loss(P, torch.zeros_like(rows)).item() == 0.0
+
+
+def make(inducer: str) -> Transformer:
+    torch.manual_seed(0)
+    cfg = ModelConfig(kind="depenc", vocab_size=30, block_size=32, n_layer=3, n_head=2, n_embd=32,
+                      depenc=DepEncConfig(inducer=inducer))
+    return Transformer(cfg)
+
+
+def test_model_aux_loss_in_training_only_and_inference_untouched():
+    with_ind, plain = make("inside"), make("none")
+    plain.load_state_dict({k: v for k, v in with_ind.state_dict().items() if not k.startswith("inducer.")})
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(1, 30, (2, 24), generator=g)
+    idx[:, 0] = 0
+    idx[:, 9] = idx[1, 17] = 0  # sentence ends
+    targets = torch.roll(idx, -1, 1)
+    out = with_ind.train()(idx, targets)
+    assert out["inducer_nll"].item() > 0 and out["distill"].item() > 0
+    # the auxiliary loss trains the inducer, and the causal parser through the posterior targets
+    out["aux_loss"].backward()
+    assert with_ind.inducer.emb.weight.grad.abs().sum() > 0
+    assert with_ind.encoder.parser.w_head.weight.grad.abs().sum() > 0
+    assert with_ind.lm_head.weight.grad is not None  # tied embeddings under the parser
+    # the LM loss is the baseline's quantity; at inference the inducer is not run
+    torch.testing.assert_close(out["loss"], plain.train()(idx, targets)["loss"])
+    with_ind.eval(), plain.eval()
+    ev = with_ind(idx, targets)
+    assert "aux_loss" not in ev
+    torch.testing.assert_close(ev["logits"], plain(idx)["logits"])
+
+
+def test_inducer_needs_a_learned_next_word_parser():
+    from depenc.config import ConfigError, load_config
+
+    for bad in (["model.depenc.target=self"], ["model.depenc.parser=oracle"]):
+        with pytest.raises(ConfigError, match="inducer=inside trains the causal parser's next-word rows"):
+            load_config("depenc_small", ["model.depenc.inducer=inside", *bad])
+    load_config("study2/inducer")
