@@ -151,3 +151,39 @@ def test_inducer_needs_a_learned_next_word_parser():
         with pytest.raises(ConfigError, match="inducer=inside trains the causal parser's next-word rows"):
             load_config("depenc_small", ["model.depenc.inducer=inside", *bad])
     load_config("study2/inducer")
+
+
+def test_arc_posteriors_per_position_and_alignment_source():
+    """The inducer's own trees: per-position posteriors match the per-sentence ones; the alignment metric
+    scores them as the source ``inducer`` (a peaked inducer recovers its preferred tree)."""
+    from depenc.evaluation.alignment import GoldSentence, encode_treebank, evaluate_treebank
+
+    m = make("inside").eval()
+    idx = torch.tensor([[0, 5, 6, 7, 0, 8, 9, 0]])
+    A = m.inducer.arc_posteriors(idx, eos_id=0)[0]
+    segs = Segments.of(idx, 0)
+    _, U = m.inducer._posteriors(segs)
+    torch.testing.assert_close(A[1:4, 1:4], U[0, :3, :3])
+    torch.testing.assert_close(A[5:7, 5:7], U[1, :2, :2])
+    assert A[1:4, 5:].abs().sum() == 0 and A[0].abs().sum() == 0
+    assert A[1:4, 1:4].sum().item() == pytest.approx(2 * 2)  # 3 words: 2 arcs, counted both ways
+
+    class Tok:  # one id per word
+        kind, eos_id = "word", 0
+
+        def encode(self, text):
+            return [int(w) for w in text.split()]
+
+    # words 5 6 7 8, gold: 6 the root, 5 <- 6 -> 8, 7 <- 8 (the chain gets 2 of 3 edges); an inducer whose
+    # root is 6, whose left children are 5 or 7 and whose right children are 8 finds that tree
+    with torch.no_grad():
+        for lin in m.inducer.child:
+            lin.weight.zero_(), lin.bias.zero_()
+        m.inducer.child[0].bias[[5, 7]] = 20.0
+        m.inducer.child[1].bias[8] = 20.0
+        m.inducer.root.zero_()
+        m.inducer.root[6] = 20.0
+    tb = encode_treebank("toy", [GoldSentence(["5", "6", "7", "8"], [2, 0, 4, 2])], Tok(), block_size=8)
+    res = evaluate_treebank(m, tb)
+    assert res["sources"]["inducer"]["uuas"] == pytest.approx(1.0)
+    assert res["sources"]["chain"]["uuas"] == pytest.approx(2 / 3)

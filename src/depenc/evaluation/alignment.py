@@ -14,6 +14,8 @@ rows). Sources scored against the gold tree (:data:`depenc.metrics.alignment.SOU
   reported on the other treebanks (never on the one it was chosen on). With ``selection="cross"``
   every treebank gets its own attn_best, chosen on the next treebank of the list (wrapping round),
   so that two treebanks (WSJ, EWT) each report a head chosen on the other;
+* ``inducer`` (``depenc.inducer=inside`` only): the arc posteriors of the whole-sentence inducer, which
+  reads the entire sentence and is used in training only -- the teacher, not what predicts;
 * ``chain`` and ``random``: reference trees over the same sentences.
 
 Token scores are aggregated to words with :func:`word_scores_from_tokens`; the tree is the maximum
@@ -220,6 +222,8 @@ def sentence_word_scores(
             out = model(idx.to(device), need_weights=need_attn, return_analysis=want_parser, gold_M=gold)
         attn = torch.stack([a.float() for a in out["attn"]], dim=1).cpu().numpy() if need_attn else None  # (B, L, H, T, T)
         M = out["dep"]["M"].float().cpu().numpy() if want_parser else None  # (B, T, T)
+        inducer = getattr(model, "inducer", None) if want_parser else None
+        U = inducer.arc_posteriors(idx.to(device), model.cfg.eos_id).cpu().numpy() if inducer is not None else None
         for b, e in enumerate(batch):
             t1, n = len(e.ids), len(e.sentence.words)
             res: dict[str, np.ndarray] = {}
@@ -228,6 +232,8 @@ def sentence_word_scores(
                 if target != "self":  # next, frontier
                     Mb = shift_next_to_self(Mb)  # row i+1 <- row i: where token i+1 attaches
                 res["parser"] = word_scores_from_tokens(np.tril(Mb[1:, 1:], -1), e.word_of_token, n)
+            if U is not None:  # symmetric: its lower triangle holds every pair once
+                res["inducer"] = word_scores_from_tokens(np.tril(U[b, 1:t1, 1:t1], -1), e.word_of_token, n)
             if attn is not None:
                 R = renormalise_rows_drop_first_and_diag(attn[b, :, :, :t1, :t1])  # (L, H, t, t)
                 if want_mean:
@@ -312,6 +318,8 @@ def evaluate_treebank(
     accs: dict[str, AlignmentAccumulator] = {"attn_mean": AlignmentAccumulator(drop_punct)}
     if dep_on:
         accs["parser"] = AlignmentAccumulator(drop_punct)
+    if dep_on and getattr(model, "inducer", None) is not None:
+        accs["inducer"] = AlignmentAccumulator(drop_punct)
     if bh is not None:
         accs["attn_best"] = AlignmentAccumulator(drop_punct)
     example_ids = {e.index for e in sorted(treebank.encoded, key=lambda e: e.index)[: max(0, n_examples)]}

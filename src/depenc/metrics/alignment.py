@@ -39,7 +39,8 @@ Edge = tuple[int, int]
 
 #: Score sources of a model (DepEnc's parser, the mean of the attention heads, the best head chosen on
 #: another treebank) and the reference trees scored over the same sentences.
-MODEL_SOURCES = ("parser", "attn_mean", "attn_best")
+# inducer: the whole-sentence inducer of depenc.inducer (training only; its trees, not the causal parser's)
+MODEL_SOURCES = ("parser", "attn_mean", "attn_best", "inducer")
 REFERENCE_SOURCES = ("chain", "random")
 SOURCES = MODEL_SOURCES + REFERENCE_SOURCES
 

@@ -147,17 +147,38 @@ class HeadOutwardInducer(nn.Module):
         arc, root, stop = self.factors(words, lengths)
         return eisner_inside(arc, root, lengths) + stop, arc
 
+    def _posteriors(self, segs: Segments) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log p (S,), U (S, n, n) detached: the posterior probability of an arc between two words of a
+        sentence, either direction)."""
+        logp, arc = self.log_prob(segs.words, segs.lengths)
+        # posterior of every arc: d log Z / d arc (the stop and root terms do not depend on the arcs)
+        (post,) = torch.autograd.grad(logp.sum(), arc, retain_graph=logp.requires_grad)
+        return logp, (post + post.transpose(1, 2)).detach()
+
     def forward(self, idx: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(the inducer's loss, -log p per word of the block's sentences; next-word rows (B, L, L):
         the causal parser's targets, detached)."""
         segs = Segments.of(idx, eos_id)
         if segs.words.numel() == 0:
             return idx.new_zeros((), dtype=torch.float32), idx.new_zeros(idx.shape + idx.shape[-1:], dtype=torch.float32)
-        logp, arc = self.log_prob(segs.words, segs.lengths)
-        # posterior of every arc: d log Z / d arc (the stop and root terms do not depend on the arcs)
-        (post,) = torch.autograd.grad(logp.sum(), arc, retain_graph=True)
-        U = post + post.transpose(1, 2)  # (S, n, n) an arc between the two words, either direction
-        return -logp.sum() / segs.lengths.sum(), segs.next_word_rows(U.detach())
+        logp, U = self._posteriors(segs)
+        return -logp.sum() / segs.lengths.sum(), segs.next_word_rows(U)
+
+    def arc_posteriors(self, idx: torch.Tensor, eos_id: int) -> torch.Tensor:
+        """(B, L, L) the posterior probability of an arc between positions i and j of one sentence of the
+        block (either direction; 0 across sentences and at position 0): the inducer's own trees, for the
+        alignment metric (source ``inducer``). Works under ``torch.no_grad``."""
+        segs = Segments.of(idx, eos_id)
+        B, L = idx.shape
+        out = torch.zeros(B, L, L, device=idx.device)
+        if segs.words.numel() == 0:
+            return out
+        with torch.enable_grad():
+            _, U = self._posteriors(segs)
+        seg, pos = segs.seg, segs.pos
+        same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)  # (B, L, L)
+        val = U[seg.clamp(min=0)[:, :, None], pos.clamp(min=0)[:, :, None], pos.clamp(min=0)[:, None, :]]
+        return out + val * same
 
 
 def distill_loss(P: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
