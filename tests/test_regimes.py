@@ -122,11 +122,15 @@ def test_curves_tables_separation_and_first_size_within_the_floor(tmp_path):
 
 def test_curves_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert curves_main(["--exps", "nothing/here", "--root", str(tmp_path)]) == 2
-    assert "no experiment folder" in capsys.readouterr().err
+    assert "no finished run of nothing/here" in capsys.readouterr().err
     fake_run(tmp_path / "runs", "r/a", "n_train=1000-s1", 1, 1000, 15000, {"excess/test/excess": 0.2})
+    (tmp_path / "runs" / "r" / "training" / "n_train=1000-s1").mkdir(parents=True)  # started, not finished
     out = tmp_path / "rep"
-    assert curves_main(["--exps", "r/a", "r/missing", "--root", str(tmp_path / "runs"), "--out", str(out)]) == 0
-    assert "no runs of r/missing" in capsys.readouterr().err and (out / "regimes" / "summary.md").is_file()
+    args = ["--exps", "r/a", "r/missing", "r/training", "--root", str(tmp_path / "runs"), "--out", str(out)]
+    assert curves_main(args) == 0
+    err = capsys.readouterr().err
+    assert "no finished runs of r/missing" in err and "no finished runs of r/training" in err
+    assert (out / "regimes" / "summary.md").is_file()
     assert curves_main(["--within", "-1", "--root", str(tmp_path)]) == 2
 
 

@@ -339,13 +339,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    present = [e for e in args.exps if (Path(args.root) / e).is_dir()]
+    # an experiment still training (no finished run yet) is left out, so a report can be drawn mid-study
+    present = [e for e in args.exps if any((Path(args.root) / e).glob("*/summary.json"))]
     for e in args.exps:
         if e not in present:
-            print(f"curves: no runs of {e} under {args.root} yet; left out", file=sys.stderr)
+            print(f"curves: no finished runs of {e} under {args.root} yet; left out", file=sys.stderr)
     try:
         if not present:
-            raise CompareError(f"no experiment folder of {', '.join(args.exps)} under {args.root} "
+            raise CompareError(f"no finished run of {', '.join(args.exps)} under {args.root} "
                                "(train them first: make sweep ...; or give --root)")
         runs = select_runs(present, None, args.root, all_runs=True)
         out = Path(args.out) / args.name
