@@ -2,7 +2,8 @@
 
     python scripts/study2_screen.py RUN_DIR [RUN_DIR ...] [--align-dir DIR]
 
-One row per run folder (label: its run name, or ``<exp>/<name>``): the exact excess loss and KL on test,
+One row per run folder (label ``<experiment folder>-<run name>``, e.g. ``depenc-n_train=16000-s1``, unique
+across the experiments of a grid): the exact excess loss and KL on test,
 test_long and validation (nats/token over the grammar's optimum, sentence-aligned), agreement on
 test_long (accuracy, margin at > 12 words with its 95% interval), training tokens/s and the best step,
 read from summary.json; and a second table of parser UUAS on synthetic:test by sentence length (with
@@ -23,7 +24,9 @@ BUCKETS = ["uuas", "uuas_len_1-10", "uuas_len_11-20", "uuas_len_21-40", "uuas_le
 
 
 def label(run: Path) -> str:
-    return run.name
+    """Runs of different experiments share grid-point names (n_train=16000-s1): the experiment folder
+    keeps their align files apart."""
+    return f"{run.parent.name}-{run.name}"
 
 
 def run_row(run: Path) -> list[str]:

@@ -218,12 +218,13 @@ def sentence_word_scores(
         idx = padded([e.ids for e in batch], batch[0].ids[0])  # (B, T), padded with BOS
         # depenc.parser=oracle reads the gold arcs (one token per word: word tokenizer)
         gold = gold_matrices([e.sentence.heads for e in batch], target, idx.size(1), device) if oracle else None
+        idx = idx.to(device)
         with torch.no_grad():
-            out = model(idx.to(device), need_weights=need_attn, return_analysis=want_parser, gold_M=gold)
+            out = model(idx, need_weights=need_attn, return_analysis=want_parser, gold_M=gold)
         attn = torch.stack([a.float() for a in out["attn"]], dim=1).cpu().numpy() if need_attn else None  # (B, L, H, T, T)
         M = out["dep"]["M"].float().cpu().numpy() if want_parser else None  # (B, T, T)
         inducer = getattr(model, "inducer", None) if want_parser else None
-        U = inducer.arc_posteriors(idx.to(device), model.cfg.eos_id).cpu().numpy() if inducer is not None else None
+        U = inducer.arc_posteriors(idx, model.cfg.eos_id).cpu().numpy() if inducer is not None else None
         for b, e in enumerate(batch):
             t1, n = len(e.ids), len(e.sentence.words)
             res: dict[str, np.ndarray] = {}
