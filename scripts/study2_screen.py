@@ -6,9 +6,13 @@ One row per run folder (label ``<experiment folder>-<run name>``, e.g. ``depenc-
 across the experiments of a grid): the exact excess loss and KL on test,
 test_long and validation (nats/token over the grammar's optimum, sentence-aligned), agreement on
 test_long (accuracy, margin at > 12 words with its 95% interval), training tokens/s and the best step,
-read from summary.json; and a second table of parser UUAS on synthetic:test by sentence length (with
+read from summary.json; agreement accuracy on test_long by distance and by attractors (95% intervals);
+with ``--align-dir``, parser UUAS on synthetic:test by sentence length and recall by gold arc length (with
 the inducer's own trees, chain and random) from ``<align-dir>/<label>.json``, the output of
-``python -m depenc.evaluate align --ckpt <run>/checkpoints/best.ckpt --treebank synthetic:test``.
+``python -m depenc.evaluate align --ckpt <run>/checkpoints/best.ckpt --treebank synthetic:test``; with
+``--ablate-dir``, the inference-time ablation: test excess with the structure zeroed, from
+``<ablate-dir>/<label>.json``, the output of ``python -m depenc.evaluate excess --split test --ablate
+zero_gate``, next to the run's own.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from pathlib import Path
 EXCESS = [("test", "excess/test/excess"), ("test KL", "excess/test/kl"), ("test_long", "excess/test_long/excess"),
           ("validation", "excess/validation/excess")]
 BUCKETS = ["uuas", "uuas_len_1-10", "uuas_len_11-20", "uuas_len_21-40", "uuas_len_>40"]
+ARCS = ["recall_arc_1", "recall_arc_2", "recall_arc_3-4", "recall_arc_5-8", "recall_arc_>8"]
+AGREE = [f"dist_{b}" for b in ("0-3", "4-7", "8-12", ">12")] + [f"attr_{b}" for b in ("0", "1", "2", "3+")]
 
 
 def label(run: Path) -> str:
@@ -41,16 +47,39 @@ def run_row(run: Path) -> list[str]:
     return [label(run), *cells]
 
 
-def align_rows(run: Path, align_dir: Path, references: bool) -> list[list[str]]:
-    """The run's parser (and inducer) rows; with ``references`` the chain and random trees too (the same
-    sentences for every run of synthetic:test, so they are shown once)."""
+def agree_row(run: Path) -> list[str]:
+    """Agreement accuracy on test_long per distance and attractor bucket, ``acc [lo, hi]``."""
+    s = json.loads((run / "summary.json").read_text())
+    cells = []
+    for b in AGREE:
+        k = f"agree/test_long/acc_{b}"
+        cells.append(f"{s[k]:.3f} [{s[k + '_lo']:.3f}, {s[k + '_hi']:.3f}]" if k in s else "-")
+    return [label(run), *cells]
+
+
+def align_rows(run: Path, align_dir: Path, references: bool, keys: list[str]) -> list[list[str]]:
+    """The run's parser (and inducer) rows of ``keys``; with ``references`` the chain and random trees too
+    (the same sentences for every run of synthetic:test, so they are shown once)."""
     f = align_dir / f"{label(run)}.json"
     if not f.is_file():
         return []
     src = json.loads(f.read_text())["sources"]
     names = ["parser", "inducer"] + (["chain", "random"] if references else [])
     return [[label(run) if n in ("parser", "inducer") else "(reference)", n,
-             *[f"{src[n].get(b, float('nan')):.3f}" for b in BUCKETS]] for n in names if n in src]
+             *[f"{src[n].get(b, float('nan')):.3f}" for b in keys]] for n in names if n in src]
+
+
+def ablate_row(run: Path, ablate_dir: Path) -> list[str] | None:
+    """Test excess as trained and with the structure zeroed at inference, and the difference."""
+    f = ablate_dir / f"{label(run)}.json"
+    if not f.is_file():
+        return None
+    out = json.loads(f.read_text())
+    own = json.loads((run / "summary.json").read_text()).get("excess/test/excess")
+    zeroed = out["metrics"]["excess/test/excess"]
+    delta = f"{zeroed - own:+.4f}" if own is not None else "-"
+    return [label(run), " ".join(out.get("ablate") or []) or "(none)", f"{own:.4f}" if own is not None else "-",
+            f"{zeroed:.4f}", delta]
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -61,7 +90,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
-    ap.add_argument("--align-dir", type=Path, default=None)
+    ap.add_argument("--align-dir", type=Path, default=None, help="folder of `evaluate align` outputs, <label>.json")
+    ap.add_argument("--ablate-dir", type=Path, default=None, help="folder of `evaluate excess --ablate` outputs")
     args = ap.parse_args(argv)
     missing = [str(r) for r in args.runs if not (r / "summary.json").is_file()]
     if missing:
@@ -69,11 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     head = ["run", *[h for h, _ in EXCESS], "agree acc (test_long)", "margin >12 [95%]", "tokens/s", "best step"]
     print(table(head, [run_row(r) for r in args.runs]))
+    print()
+    print(table(["run", *[f"agree {b}" for b in AGREE]], [agree_row(r) for r in args.runs]))
     if args.align_dir:
         aligned = [r for r in args.runs if (args.align_dir / f"{label(r)}.json").is_file()]
-        rows = [row for r in aligned for row in align_rows(r, args.align_dir, r == aligned[-1])]
-        print()
-        print(table(["run", "source", "UUAS", "1-10 w", "11-20 w", "21-40 w", ">40 w"], rows))
+        for name, keys, cols in (("UUAS by sentence length", BUCKETS, ["UUAS", "1-10 w", "11-20 w", "21-40 w", ">40 w"]),
+                                 ("recall by gold arc length", ARCS, ["1", "2", "3-4", "5-8", ">8"])):
+            rows = [row for r in aligned for row in align_rows(r, args.align_dir, r == aligned[-1], keys)]
+            print(f"\n{name}\n")
+            print(table(["run", "source", *cols], rows))
+    if args.ablate_dir:
+        rows = [row for r in args.runs if (row := ablate_row(r, args.ablate_dir)) is not None]
+        print("\ninference-time ablation (test excess, nats/token)\n")
+        print(table(["run", "ablation", "as trained", "ablated", "difference"], rows))
     return 0
 
 

@@ -89,6 +89,27 @@ def test_log_prob_is_the_head_outward_story():
     assert got.item() == pytest.approx(torch.stack(total).logsumexp(0).item(), abs=1e-9)
 
 
+def test_length_groups_give_the_padded_batch_numbers():
+    """Sentences of lengths 1..9 run in length groups (1 | 2 | 3-4 | 5-8 | 9): log p and the arc posteriors
+    equal one padded inside pass over all of them, and the groups split by the power of two."""
+    from depenc.models.inducer import length_groups
+
+    lengths = torch.tensor([9, 1, 3, 4, 2, 5, 8, 7, 6])
+    assert [g.tolist() for g in length_groups(lengths)] == [[1], [4], [2, 3], [5, 6, 7, 8], [0]]
+    torch.manual_seed(1)
+    ind = HeadOutwardInducer(vocab_size=6, dim=8).double()
+    for p in ind.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    words = torch.randint(1, 6, (9, 9)) * (torch.arange(9) < lengths.unsqueeze(1))
+    segs = Segments(words, lengths, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
+    logp, U = ind._posteriors(segs)
+    want_logp, arc = ind.log_prob(words, lengths)
+    (post,) = torch.autograd.grad(want_logp.sum(), arc)
+    torch.testing.assert_close(logp, want_logp)
+    torch.testing.assert_close(U, post + post.transpose(1, 2))
+    assert logp.requires_grad  # the inducer's own loss still trains it
+
+
 def test_segments_and_next_word_rows_worked_example():
     """Block [x, 3, 4, <eos>, 5, 6, 8]: position 0 is never a word; sentences [3, 4] and [5, 6, 8]."""
     idx = torch.tensor([[7, 3, 4, 0, 5, 6, 8]])
