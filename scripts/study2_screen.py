@@ -5,7 +5,7 @@
 One row per run folder (label ``<experiment folder>-<run name>``, e.g. ``depenc-n_train=16000-s1``, unique
 across the experiments of a grid): the exact excess loss and KL on test,
 test_long and validation (nats/token over the grammar's optimum, sentence-aligned), agreement on
-test_long (accuracy, margin at > 12 words with its 95% interval), training tokens/s and the best step,
+test_long (accuracy, margin at > 12 words with its 95% interval), training tokens/s, peak memory and the best step,
 read from summary.json; agreement accuracy on test_long by distance and by attractors (95% intervals);
 with ``--align-dir``, parser UUAS on synthetic:test by sentence length and recall by gold arc length (with
 the inducer's own trees, chain and random) from ``<align-dir>/<label>.json``, the output of
@@ -43,6 +43,7 @@ def run_row(run: Path) -> list[str]:
     cells.append(f"{acc:.3f}" if acc is not None else "-")
     cells.append(f"{m:.2f} [{lo:.2f}, {hi:.2f}]" if m is not None else "-")
     cells.append(f"{s['perf/tokens_per_s']:.0f}" if "perf/tokens_per_s" in s else "-")
+    cells.append(f"{s['perf/peak_rss_mb']:.0f}" if "perf/peak_rss_mb" in s else "-")
     cells.append(str(s.get("best_step", "-")))
     return [label(run), *cells]
 
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"error: no summary.json in {', '.join(missing)} (a finished run folder?)", file=sys.stderr)
         return 2
-    head = ["run", *[h for h, _ in EXCESS], "agree acc (test_long)", "margin >12 [95%]", "tokens/s", "best step"]
+    head = ["run", *[h for h, _ in EXCESS], "agree acc (test_long)", "margin >12 [95%]", "tokens/s", "peak RSS MB", "best step"]
     print(table(head, [run_row(r) for r in args.runs]))
     print()
     print(table(["run", *[f"agree {b}" for b in AGREE]], [agree_row(r) for r in args.runs]))

@@ -174,6 +174,18 @@ def test_inducer_needs_a_learned_next_word_parser():
     load_config("study2/inducer")
 
 
+def test_inducer_refuses_document_streams():
+    """Brown (and text by paragraph/file) has no <eos> between sentences: the inducer would parse whole
+    windows across sentences (measured on Brown: one 255-piece "sentence" per block row, ~16x the step
+    time), so the config says so instead."""
+    from depenc.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="data.source=brown streams whole documents"):
+        load_config("study/brown_depenc", ["model.depenc.inducer=inside"])
+    with pytest.raises(ConfigError, match="data.text.by=paragraph streams whole documents"):
+        load_config("depenc_small", ["model.depenc.inducer=inside", "data.source=text", "data.text.by=paragraph"])
+
+
 def test_arc_posteriors_per_position_and_alignment_source():
     """The inducer's own trees: per-position posteriors match the per-sentence ones; the alignment metric
     scores them as the source ``inducer`` (a peaked inducer recovers its preferred tree)."""

@@ -21,7 +21,7 @@ def test_tables_read_summary_alignment_and_ablation(tmp_path, capsys):
     summary = {"excess/test/excess": 0.0240, "excess/test/kl": 0.0211, "excess/test_long/excess": 0.05,
                "excess/validation/excess": 0.023, "agree/test_long/acc": 0.91,
                "agree/test_long/margin_dist_>12": 1.5, "agree/test_long/margin_dist_>12_lo": 1.25,
-               "agree/test_long/margin_dist_>12_hi": 1.75, "perf/tokens_per_s": 3950.4, "best_step": 800,
+               "agree/test_long/margin_dist_>12_hi": 1.75, "perf/tokens_per_s": 3950.4, "perf/peak_rss_mb": 994.4, "best_step": 800,
                "agree/test_long/acc_dist_>12": 0.8, "agree/test_long/acc_dist_>12_lo": 0.75,
                "agree/test_long/acc_dist_>12_hi": 0.85}
     run = _run(tmp_path / "runs", "inducer_exp", "s1", summary)
@@ -38,8 +38,8 @@ def test_tables_read_summary_alignment_and_ablation(tmp_path, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     row = next(l for l in lines if l.startswith("| inducer_exp-s1 | 0.0240"))
-    assert "| 0.0211 | 0.0500 | 0.0230 | 0.910 | 1.50 [1.25, 1.75] | 3950 | 800 |" in row
-    assert "| matched-s1 | 0.0312 | - | - | - | - | - | - | - |" in lines
+    assert "| 0.0211 | 0.0500 | 0.0230 | 0.910 | 1.50 [1.25, 1.75] | 3950 | 994 | 800 |" in row
+    assert "| matched-s1 | 0.0312 | - | - | - | - | - | - | - | - |" in lines
     assert any(l.startswith("| inducer_exp-s1 |") and l.endswith("| 0.800 [0.750, 0.850] | - | - | - | - |")
                for l in lines)  # agreement: >12 is the last distance bucket, attractors absent
     assert "| inducer_exp-s1 | parser | 0.500 | nan | nan | nan | 0.250 |" in lines
