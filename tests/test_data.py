@@ -318,9 +318,7 @@ def test_cache_reused_then_rebuilt(tmp_path, text_files, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(sources, "plan_corpus", no_loading)
-        t0 = time.perf_counter()
         second = _dm({**cfg, "batch_size": 2, "num_workers": 0, "block_size": 4})  # not in the key
-        assert time.perf_counter() - t0 < 2.0
         assert second.cache_hit is True and second.cache_path == first.cache_path
         assert second.split_stats["train"]["n_tokens"] == first.split_stats["train"]["n_tokens"]
         assert second.tokenizer.encode(ROUND_TRIP) == first.tokenizer.encode(ROUND_TRIP)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 
 import numpy as np
 import pytest
@@ -386,7 +385,8 @@ def test_attention_pipeline_recovers_tree() -> None:
     assert acc.result()["left_arc"] == 1.0
 
 
-def test_alignment_speed() -> None:
+def test_alignment_accumulates_many_sentences() -> None:
+    """2,000 random 20-word sentences go through (speed is `make bench`'s business, not a timed assert)."""
     rng = np.random.default_rng(0)
     acc = AlignmentAccumulator()
     sentences = []
@@ -394,11 +394,11 @@ def test_alignment_speed() -> None:
         n = 20
         heads = [0] + [int(rng.integers(1, i + 1)) for i in range(1, n)]
         sentences.append((np.tril(rng.random((n, n)), -1), heads))
-    t0 = time.perf_counter()
     for M, heads in sentences:
         acc.add(M, heads)
-    assert time.perf_counter() - t0 < 3.0
-    assert acc.result()["n_sentences"] == 2000
+    result = acc.result()
+    assert result["n_sentences"] == 2000
+    assert 0.0 < result["uuas"] < 1.0
 
 
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -258,21 +257,19 @@ def test_prefix_checker_hand_cases(text, expected, ok):
     assert accepts(toks) is ok
 
 
-def test_recogniser_speed(grammar, corpus):
-    t0 = time.perf_counter()
+def test_recogniser_accepts_a_thousand_corpus_sentences(grammar, corpus):
+    """Every generated sentence is accepted, with no first invalid token (no timed assert: ~0.1 s)."""
     for s in corpus[:1000]:
-        grammar.accepts(s.tokens)
-        grammar.first_invalid(s.tokens)
-    assert time.perf_counter() - t0 < 5.0  # measured ~0.1 s
+        assert grammar.accepts(s.tokens)
+        assert grammar.first_invalid(s.tokens) is None
 
 
 # ------------------------------------------------------------------ generation and splits
 
 
-def test_generation_deterministic_and_fast(grammar):
-    t0 = time.perf_counter()
-    a = grammar.generate(10_000, seed=1)
-    assert time.perf_counter() - t0 < 5.0  # measured ~0.4 s
+def test_generation_deterministic(grammar):
+    a = grammar.generate(10_000, seed=1)  # ~0.4 s; speed is not asserted
+    assert len(a) == 10_000
     b = Grammar(CFG).generate(200, seed=1)
     c = grammar.generate(200, seed=2)
     assert [s.tokens for s in a[:200]] == [s.tokens for s in b]
