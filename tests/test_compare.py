@@ -218,6 +218,7 @@ def test_sweep_grid_names_runs_by_point_and_checks_configs_first(capsys):
         assert len(err) == 1 and needle in err[0], err
 
 
+@pytest.mark.slow  # a real sweep: its training processes start, import torch and fail (~22 s); `make test-all`
 def test_sweep_runs_and_reports_failures(tmp_path):
     """A real (sequential) sweep whose runs fail at once (a missing text file): every run is tried, exit 1."""
     proc = subprocess.run([sys.executable, "-m", "depenc.sweep", "--exps", "debug", "--seeds", "1", "2", "--",
