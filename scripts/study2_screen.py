@@ -18,6 +18,7 @@ zero_gate``, next to the run's own.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -35,8 +36,14 @@ def label(run: Path) -> str:
     return f"{run.parent.name}-{run.name}"
 
 
+@functools.cache
+def summary(run: Path) -> dict:
+    """The run's summary.json, read once for all tables."""
+    return json.loads((run / "summary.json").read_text())
+
+
 def run_row(run: Path) -> list[str]:
-    s = json.loads((run / "summary.json").read_text())
+    s = summary(run)
     cells = [f"{s[k]:.4f}" if k in s else "-" for _, k in EXCESS]
     acc, m = s.get("agree/test_long/acc"), s.get("agree/test_long/margin_dist_>12")
     lo, hi = s.get("agree/test_long/margin_dist_>12_lo"), s.get("agree/test_long/margin_dist_>12_hi")
@@ -50,7 +57,7 @@ def run_row(run: Path) -> list[str]:
 
 def agree_row(run: Path) -> list[str]:
     """Agreement accuracy on test_long per distance and attractor bucket, ``acc [lo, hi]``."""
-    s = json.loads((run / "summary.json").read_text())
+    s = summary(run)
     cells = []
     for b in AGREE:
         k = f"agree/test_long/acc_{b}"
@@ -76,7 +83,7 @@ def ablate_row(run: Path, ablate_dir: Path) -> list[str] | None:
     if not f.is_file():
         return None
     out = json.loads(f.read_text())
-    own = json.loads((run / "summary.json").read_text()).get("excess/test/excess")
+    own = summary(run).get("excess/test/excess")
     zeroed = out["metrics"]["excess/test/excess"]
     delta = f"{zeroed - own:+.4f}" if own is not None else "-"
     return [label(run), " ".join(out.get("ablate") or []) or "(none)", f"{own:.4f}" if own is not None else "-",

@@ -108,6 +108,7 @@ def test_length_groups_give_the_padded_batch_numbers():
     torch.testing.assert_close(logp, want_logp)
     torch.testing.assert_close(U, post + post.transpose(1, 2))
     assert logp.requires_grad  # the inducer's own loss still trains it
+    assert not U.requires_grad  # the parser's targets: no gradient flows back into the inducer
 
 
 def test_segments_and_next_word_rows_worked_example():

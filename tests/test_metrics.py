@@ -386,19 +386,22 @@ def test_attention_pipeline_recovers_tree() -> None:
 
 
 def test_alignment_accumulates_many_sentences() -> None:
-    """2,000 random 20-word sentences go through (speed is `make bench`'s business, not a timed assert)."""
+    """2,000 random 20-word sentences: UUAS is the shared undirected edges of the returned trees and the
+    gold ones, summed over all sentences (speed is `make bench`'s business, not a timed assert)."""
     rng = np.random.default_rng(0)
     acc = AlignmentAccumulator()
-    sentences = []
+    shared = gold_edges = 0
     for _ in range(2000):
         n = 20
-        heads = [0] + [int(rng.integers(1, i + 1)) for i in range(1, n)]
-        sentences.append((np.tril(rng.random((n, n)), -1), heads))
-    for M, heads in sentences:
-        acc.add(M, heads)
+        heads = [0] + [int(rng.integers(1, i + 1)) for i in range(1, n)]  # 1-based heads, 0 = root
+        pred = acc.add(np.tril(rng.random((n, n)), -1), heads)
+        gold = {frozenset((d, h - 1)) for d, h in enumerate(heads) if h > 0}
+        shared += len(gold & {frozenset(e) for e in pred})
+        gold_edges += len(gold)
     result = acc.result()
     assert result["n_sentences"] == 2000
-    assert 0.0 < result["uuas"] < 1.0
+    assert result["uuas"] == pytest.approx(shared / gold_edges)
+    assert 0.0 < result["uuas"] < 1.0  # random scores: neither every edge nor none
 
 
 # --------------------------------------------------------------------------------------------

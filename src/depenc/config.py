@@ -230,11 +230,12 @@ def validate(cfg: DictConfig) -> None:
     if m.kind == "depenc" and m.depenc.target == "frontier" and m.depenc.parser != "oracle":
         raise ConfigError("model.depenc.target=frontier is the gold right-frontier oracle: it needs "
                           "model.depenc.parser=oracle (a learned parser takes target=next)")
-    if m.kind == "depenc" and m.depenc.inducer != "none" and (m.depenc.target != "next" or m.depenc.parser == "oracle"):
+    inducer = m.kind == "depenc" and m.depenc.inducer != "none"
+    if inducer and (m.depenc.target != "next" or m.depenc.parser == "oracle"):
         raise ConfigError(f"model.depenc.inducer={m.depenc.inducer} trains the causal parser's next-word rows: it needs "
                           "model.depenc.target=next and a learned parser (biaffine or distance)")
     by_document = cfg.data.source == "brown" or (cfg.data.source == "text" and cfg.data.text.by != "line")
-    if m.kind == "depenc" and m.depenc.inducer != "none" and by_document:
+    if inducer and by_document:
         where = "data.source=brown" if cfg.data.source == "brown" else f"data.text.by={cfg.data.text.by}"
         raise ConfigError(f"model.depenc.inducer={m.depenc.inducer} parses sentences between <eos> tokens, and {where} "
                           "streams whole documents (no <eos> between sentences): use data.source=synthetic or a "
