@@ -7,6 +7,8 @@ across the experiments of a grid): the exact excess loss and KL on test,
 test_long and validation (nats/token over the grammar's optimum, sentence-aligned), agreement on
 test_long (accuracy, margin at > 12 words with its 95% interval), training tokens/s, peak memory and the best step,
 read from summary.json; agreement accuracy on test_long by distance and by attractors (95% intervals);
+test excess and KL by the target token's category; for depth-split runs (``n_test_depth`` > 0), excess on
+test and on test_depth3..6;
 with ``--align-dir``, parser UUAS on synthetic:test by sentence length and recall by gold arc length (with
 the inducer's own trees, chain and random) from ``<align-dir>/<label>.json``, the output of
 ``python -m depenc.evaluate align --ckpt <run>/checkpoints/best.ckpt --treebank synthetic:test``; with
@@ -28,6 +30,9 @@ EXCESS = [("test", "excess/test/excess"), ("test KL", "excess/test/kl"), ("test_
 BUCKETS = ["uuas", "uuas_len_1-10", "uuas_len_11-20", "uuas_len_21-40", "uuas_len_>40"]
 ARCS = ["recall_arc_1", "recall_arc_2", "recall_arc_3-4", "recall_arc_5-8", "recall_arc_>8"]
 AGREE = [f"dist_{b}" for b in ("0-3", "4-7", "8-12", ">12")] + [f"attr_{b}" for b in ("0", "1", "2", "3+")]
+# the target token's category (depenc.evaluation.excess.CATEGORIES), test split
+CATEGORIES = ("det", "noun", "verb", "adj", "adv", "prep", "rel_that", "comp_that", "and", "period", "eos")
+DEPTHS = ("test_depth3", "test_depth4", "test_depth5", "test_depth6")  # depth-split runs (n_test_depth > 0)
 
 
 def label(run: Path) -> str:
@@ -63,6 +68,20 @@ def agree_row(run: Path) -> list[str]:
         k = f"agree/test_long/acc_{b}"
         cells.append(f"{s[k]:.3f} [{s[k + '_lo']:.3f}, {s[k + '_hi']:.3f}]" if k in s else "-")
     return [label(run), *cells]
+
+
+def category_row(run: Path, what: str) -> list[str]:
+    """Test excess (``what`` = excess) or KL per category of the target token, in CATEGORIES' order."""
+    s = summary(run)
+    return [label(run), *[f"{s[k]:.4f}" if (k := f"excess/test/cat/{c}/{what}") in s else "-" for c in CATEGORIES]]
+
+
+def depth_row(run: Path) -> list[str] | None:
+    """Excess on test and the depth-generalisation sets of a depth-split run; None for other runs."""
+    s = summary(run)
+    if not any(f"excess/{d}/excess" in s for d in DEPTHS):
+        return None
+    return [label(run), *[f"{s[k]:.4f}" if (k := f"excess/{d}/excess") in s else "-" for d in ("test", *DEPTHS)]]
 
 
 def align_rows(run: Path, align_dir: Path, references: bool, keys: list[str]) -> list[list[str]]:
@@ -109,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(head, [run_row(r) for r in args.runs]))
     print()
     print(table(["run", *[f"agree {b}" for b in AGREE]], [agree_row(r) for r in args.runs]))
+    for what in ("excess", "kl"):
+        print(f"\ntest {what} by the target's category (nats/token)\n")
+        print(table(["run", *CATEGORIES], [category_row(r, what) for r in args.runs]))
+    depth = [row for r in args.runs if (row := depth_row(r)) is not None]
+    if depth:
+        print("\nexcess on the depth-generalisation sets (nats/token)\n")
+        print(table(["run", "test", *[d.removeprefix("test_") for d in DEPTHS]], depth))
     if args.align_dir:
         aligned = [r for r in args.runs if (args.align_dir / f"{label(r)}.json").is_file()]
         for name, keys, cols in (("UUAS by sentence length", BUCKETS, ["UUAS", "1-10 w", "11-20 w", "21-40 w", ">40 w"]),

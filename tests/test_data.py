@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from depenc.data import sources
-from depenc.data.datamodule import IGNORE_INDEX, LMDataModule
+from depenc.data.datamodule import IGNORE_INDEX, LMDataModule, compute_cache_key, normalise_data_cfg
 from depenc.data.sources import DataUnavailableError, brown_split, load_corpus
 from depenc.data.tokenizers import build_tokenizer, load_tokenizer
 
@@ -497,6 +497,25 @@ def test_fake_brown_split_and_datamodule(tmp_path, fake_brown):
     assert [m["fileid"] for m in meta] == ids["test"]
     assert list(dm.doc_offsets("test")) == [m["start"] for m in meta]
     assert _dm(cfg).cache_hit is True
+
+
+def test_fake_brown_by_sentence_puts_eos_between_sentences(tmp_path, fake_brown):
+    """data.brown.by=sentence: the same document split, every sentence a document of its own (an <eos> after
+    each, as the inducer needs); the default keeps the cache key it had before the option existed."""
+    base = {"source": "brown", "tokenizer": "word", "block_size": 8, "batch_size": 2,
+            "brown": {"nltk_data": str(fake_brown), "split": [0.8, 0.1, 0.1], "split_seed": 0},
+            "cache_dir": str(tmp_path / "cache")}
+    by_doc = load_corpus(base)
+    by_sent = load_corpus({**base, "brown": {**base["brown"], "by": "sentence"}})
+    for split, docs in by_doc.splits.items():
+        want = [(d.meta["fileid"], line) for d in docs for line in d.text.split("\n")]
+        assert [(d.meta["fileid"], d.text) for d in by_sent.splits[split]] == want
+    assert [d.meta["sentence"] for d in by_sent.splits["train"][:4]] == [0, 1, 2, 3]
+    key = lambda brown: compute_cache_key(normalise_data_cfg({**base, "brown": {**base["brown"], **brown}}))[0]
+    assert key({}) == key({"by": "document"}) != key({"by": "sentence"})
+    dm = _dm({**base, "brown": {**base["brown"], "by": "sentence"}})
+    stream = np.asarray(dm.stream("train"))
+    assert int((stream == dm.tokenizer.eos_id).sum()) == len(by_sent.splits["train"]) + 1  # + the leading one
 
 
 def test_brown_split_function():

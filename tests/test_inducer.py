@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from conftest import has_cycle
 
-from depenc.models.inducer import HeadOutwardInducer, Segments, distill_loss, eisner_inside
+from depenc.models.inducer import HeadOutwardInducer, Segments, ValenceInducer, distill_loss, eisner_inside
 from depenc.models.transformer import Transformer
 from depenc.schema import DepEncConfig, ModelConfig
 
@@ -27,11 +27,21 @@ def projective_trees(n: int):
             yield heads
 
 
-def brute_force(arc: torch.Tensor, root: torch.Tensor, n: int) -> tuple[float, torch.Tensor]:
-    """(log Z, arc posteriors (n, n)) of one sentence by enumeration."""
+def nearest_child(heads, d: int) -> bool:
+    """Whether word d (1-based) is its head's nearest child on its side."""
+    h = heads[d - 1]
+    side = [e for e, g in enumerate(heads, 1) if g == h and (e > h) == (d > h)]
+    return d == min(side, key=lambda e: abs(e - h))
+
+
+def brute_force(arc: torch.Tensor, root: torch.Tensor, n: int, arc_first: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """(log Z, arc posteriors (n, n)) of one sentence by enumeration; with arc_first, a head's nearest
+    child on each side takes that weight (valence)."""
     weights, trees = [], list(projective_trees(n))
     for heads in trees:
-        w = sum(root[d - 1] if h == 0 else arc[h - 1, d - 1] for d, h in enumerate(heads, 1))
+        w = sum(root[d - 1] if h == 0 else
+                (arc_first if arc_first is not None and nearest_child(heads, d) else arc)[h - 1, d - 1]
+                for d, h in enumerate(heads, 1))
         weights.append(float(w))
     log_z = torch.tensor(weights, dtype=torch.float64).logsumexp(0)
     post = torch.zeros(n, n, dtype=torch.float64)
@@ -63,19 +73,43 @@ def test_inside_matches_brute_force_with_padding():
         assert post[s, length:].abs().sum() == 0 and post[s, :, length:].abs().sum() == 0  # padding unread
 
 
+def test_inside_with_valence_matches_brute_force():
+    """Eisner's algorithm with first-child states: the nearest child of a head on each side scored apart."""
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.tensor([1, 2, 5, 4])
+    n = 5
+    arc = torch.randn(4, n, n, generator=g, dtype=torch.float64).requires_grad_()
+    first = torch.randn(4, n, n, generator=g, dtype=torch.float64).requires_grad_()
+    root = torch.randn(4, n, generator=g, dtype=torch.float64)
+    log_z = eisner_inside(arc, root, lengths, first)
+    post = sum(torch.autograd.grad(log_z.sum(), [arc, first]))
+    for s, length in enumerate(lengths.tolist()):
+        want_z, want_post = brute_force(arc[s].detach(), root[s], length, first[s].detach())
+        assert log_z[s].item() == pytest.approx(want_z, abs=1e-9)
+        torch.testing.assert_close(post[s, :length, :length], want_post)
+    # equal first and later weights: the valence-free numbers
+    torch.testing.assert_close(eisner_inside(arc, root, lengths, arc), eisner_inside(arc, root, lengths))
+
+
+def story_parts(cls, seed: int, words: list[int]):
+    """A random inducer (float64, parameters N(0, 1)) and its pieces for one sentence, to write the story out
+    by hand: (inducer, words (1, n), log p from the inducer, cont logits (n, n_cont), child log-probs per side
+    (n, V), root log-probs (V,))."""
+    torch.manual_seed(seed)
+    ind = cls(vocab_size=4, dim=8).double()
+    for p in ind.parameters():
+        torch.nn.init.normal_(p, std=1.0)
+    words = torch.tensor([words])
+    got, _ = ind.log_prob(words, torch.tensor([words.size(1)]))
+    e = ind.emb(words[0])
+    child = [F.log_softmax(lin(e), -1) for lin in ind.child]  # left, right: (n, V)
+    return ind, words, got, ind.cont(e), child, F.log_softmax(ind.root, -1)
+
+
 def test_log_prob_is_the_head_outward_story():
     """log p(sentence) from the inducer = log sum over projective trees of the generative story's product,
     written out here from the model's own softmaxes."""
-    torch.manual_seed(0)
-    ind = HeadOutwardInducer(vocab_size=4, dim=8).double()
-    for p in ind.parameters():
-        torch.nn.init.normal_(p, std=1.0)
-    words = torch.tensor([[2, 0, 3, 1]])
-    got, _ = ind.log_prob(words, torch.tensor([4]))
-    e = ind.emb(words[0])
-    cont = ind.cont(e)  # (n, 2) logits left, right
-    child = [F.log_softmax(lin(e), -1) for lin in ind.child]  # left, right: (n, V)
-    root = F.log_softmax(ind.root, -1)
+    ind, words, got, cont, child, root = story_parts(HeadOutwardInducer, 0, [2, 0, 3, 1])  # cont: (n, 2) left, right
     total = []
     for heads in projective_trees(4):
         lp = F.logsigmoid(-cont).sum()  # every head stops once in each direction
@@ -87,6 +121,50 @@ def test_log_prob_is_the_head_outward_story():
                 lp = lp + F.logsigmoid(cont[h - 1, side]) + child[side][h - 1, words[0, d]]
         total.append(lp)
     assert got.item() == pytest.approx(torch.stack(total).logsumexp(0).item(), abs=1e-9)
+
+
+def test_valence_log_prob_is_the_dmv_story():
+    """The DMV: a head's stop/continue odds depend on whether it has a child on that side already."""
+    ind, words, got, cont, child, root = story_parts(ValenceInducer, 3, [1, 3, 0, 2])
+    assert cont.shape == (4, 4)  # c0 left, c0 right, c1 left, c1 right
+    assert len(ind.log_prob(words, torch.tensor([4]))[1]) == 2  # arc scores: later and nearest children
+    total = []
+    for heads in projective_trees(4):
+        lp = 0.0
+        for d, h in enumerate(heads):
+            if h == 0:
+                lp = lp + root[words[0, d]]
+        for h in range(4):
+            for side in (0, 1):  # left, right
+                kids = [d for d, g in enumerate(heads) if g == h + 1 and (d > h) == bool(side)]
+                if not kids:
+                    lp = lp + F.logsigmoid(-cont[h, side])
+                    continue
+                lp = lp + F.logsigmoid(cont[h, side]) + F.logsigmoid(cont[h, 2 + side]) * (len(kids) - 1)
+                lp = lp + F.logsigmoid(-cont[h, 2 + side]) + sum(child[side][h, words[0, d]] for d in kids)
+        total.append(lp)
+    assert got.item() == pytest.approx(torch.stack(total).logsumexp(0).item(), abs=1e-9)
+    # one-word sentences: the root's child, which stops at once on both sides
+    one = torch.arange(4)[:, None]
+    lp1, _ = ind.log_prob(one, torch.ones(4, dtype=torch.long))
+    c = ind.cont(ind.emb(one[:, 0]))
+    torch.testing.assert_close(lp1, root + F.logsigmoid(-c[:, 0]) + F.logsigmoid(-c[:, 1]))
+
+
+def test_locality_bias_favours_short_arcs_and_is_off_by_default():
+    """Structural annealing: -locality * |h - d| on every arc while the posteriors are computed; a large
+    bias gives the chain (every word attached to a neighbour)."""
+    torch.manual_seed(4)
+    ind = ValenceInducer(vocab_size=6, dim=8).double()
+    ind.init_weights()
+    assert ind.locality == 0.0
+    words, lengths = torch.tensor([[1, 2, 3, 4, 5, 1]]), torch.tensor([6])
+    segs = Segments(words, lengths, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
+    _, U_flat = ind._posteriors(segs)
+    ind.locality = 30.0
+    _, U = ind._posteriors(segs)
+    adjacent = torch.diagonal(U[0], 1).sum().item()
+    assert adjacent == pytest.approx(5.0, abs=1e-6) and torch.diagonal(U_flat[0], 1).sum().item() < 4.9
 
 
 def test_length_groups_give_the_padded_batch_numbers():
@@ -103,7 +181,7 @@ def test_length_groups_give_the_padded_batch_numbers():
     words = torch.randint(1, 6, (9, 9)) * (torch.arange(9) < lengths.unsqueeze(1))
     segs = Segments(words, lengths, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
     logp, U = ind._posteriors(segs)
-    want_logp, arc = ind.log_prob(words, lengths)
+    want_logp, (arc,) = ind.log_prob(words, lengths)
     (post,) = torch.autograd.grad(want_logp.sum(), arc)
     torch.testing.assert_close(logp, want_logp)
     torch.testing.assert_close(U, post + post.transpose(1, 2))
@@ -143,8 +221,9 @@ def make(inducer: str) -> Transformer:
     return Transformer(cfg)
 
 
-def test_model_aux_loss_in_training_only_and_inference_untouched():
-    with_ind, plain = make("inside"), make("none")
+@pytest.mark.parametrize("inducer", ["inside", "dmv"])
+def test_model_aux_loss_in_training_only_and_inference_untouched(inducer):
+    with_ind, plain = make(inducer), make("none")
     plain.load_state_dict({k: v for k, v in with_ind.state_dict().items() if not k.startswith("inducer.")})
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(1, 30, (2, 24), generator=g)
@@ -185,6 +264,8 @@ def test_inducer_refuses_document_streams():
         load_config("study/brown_depenc", ["model.depenc.inducer=inside"])
     with pytest.raises(ConfigError, match="data.text.by=paragraph streams whole documents"):
         load_config("depenc_small", ["model.depenc.inducer=inside", "data.source=text", "data.text.by=paragraph"])
+    # a sentence-delimited Brown stream is what the inducer needs
+    load_config("study/brown_depenc", ["model.depenc.inducer=dmv", "data.brown.by=sentence"])
 
 
 def test_arc_posteriors_per_position_and_alignment_source():

@@ -23,7 +23,8 @@ def test_tables_read_summary_alignment_and_ablation(tmp_path, capsys):
                "agree/test_long/margin_dist_>12": 1.5, "agree/test_long/margin_dist_>12_lo": 1.25,
                "agree/test_long/margin_dist_>12_hi": 1.75, "perf/tokens_per_s": 3950.4, "perf/peak_rss_mb": 994.4, "best_step": 800,
                "agree/test_long/acc_dist_>12": 0.8, "agree/test_long/acc_dist_>12_lo": 0.75,
-               "agree/test_long/acc_dist_>12_hi": 0.85}
+               "agree/test_long/acc_dist_>12_hi": 0.85, "excess/test/cat/noun/excess": 0.0125,
+               "excess/test/cat/eos/kl": 0.002, "excess/test_depth3/excess": 0.0625, "excess/test_depth6/excess": 0.5}
     run = _run(tmp_path / "runs", "inducer_exp", "s1", summary)
     other = _run(tmp_path / "runs", "matched", "s1", {"excess/test/excess": 0.0312})
     align, ablate = tmp_path / "align", tmp_path / "ablate"
@@ -48,6 +49,12 @@ def test_tables_read_summary_alignment_and_ablation(tmp_path, capsys):
     assert "| inducer_exp-s1 | parser | nan | nan | nan | nan | 0.125 |" in lines
     assert "| inducer_exp-s1 | zero_gate | 0.0240 | 0.0300 | +0.0060 |" in lines
     assert not any("matched-s1 | parser" in l or "matched-s1 | zero_gate" in l for l in lines)
+    # by category: excess then KL tables, columns det noun ... eos
+    assert "| inducer_exp-s1 | - | 0.0125 | - | - | - | - | - | - | - | - | - |" in lines
+    assert "| inducer_exp-s1 | - | - | - | - | - | - | - | - | - | - | 0.0020 |" in lines
+    # depth sets: only runs that have them
+    assert "| inducer_exp-s1 | 0.0240 | 0.0625 | - | - | 0.5000 |" in lines
+    assert not any(l.startswith("| matched-s1 | 0.0312 | -") and l.count("|") == 7 for l in lines)
 
 
 def test_a_folder_without_summary_is_one_line_and_exit_2(tmp_path, capsys):

@@ -234,12 +234,13 @@ def validate(cfg: DictConfig) -> None:
     if inducer and (m.depenc.target != "next" or m.depenc.parser == "oracle"):
         raise ConfigError(f"model.depenc.inducer={m.depenc.inducer} trains the causal parser's next-word rows: it needs "
                           "model.depenc.target=next and a learned parser (biaffine or distance)")
-    by_document = cfg.data.source == "brown" or (cfg.data.source == "text" and cfg.data.text.by != "line")
+    by_document = ((cfg.data.source == "brown" and cfg.data.brown.by == "document")
+                   or (cfg.data.source == "text" and cfg.data.text.by != "line"))
     if inducer and by_document:
         where = "data.source=brown" if cfg.data.source == "brown" else f"data.text.by={cfg.data.text.by}"
         raise ConfigError(f"model.depenc.inducer={m.depenc.inducer} parses sentences between <eos> tokens, and {where} "
-                          "streams whole documents (no <eos> between sentences): use data.source=synthetic or a "
-                          "text source with one sentence per line (data.source=text data.text.by=line)")
+                          "streams whole documents (no <eos> between sentences): use data.brown.by=sentence, "
+                          "data.source=synthetic or a text source with one sentence per line (data.text.by=line)")
     if m.depenc.parser == "oracle" and cfg.data.source != "synthetic":
         raise ConfigError("model.depenc.parser=oracle needs gold trees: use data.source=synthetic")
     if cfg.data.source == "synthetic":

@@ -43,9 +43,10 @@ class DepEncConfig:
     output: str = field(default="lm", metadata=choices("lm", "head_mixture"))
     # training only, an auxiliary objective beyond the paper: inside = a whole-sentence head-outward dependency
     # model (inside algorithm over projective trees) whose posterior next-word attachments train the parser
-    inducer: str = field(default="none", metadata=choices("none", "inside"))
-    inducer_dim: int = 64  # inside: the inducer's word-embedding width
-    distill_weight: float = 1.0  # inside: weight of the parser's cross-entropy against the inducer's posteriors
+    # (DMV without valence) | dmv: the same with valence (the DMV)
+    inducer: str = field(default="none", metadata=choices("none", "inside", "dmv"))
+    inducer_dim: int = 64  # the inducer's word-embedding width
+    distill_weight: float = 1.0  # weight of the parser's cross-entropy against the inducer's posteriors
 
 
 @dataclass
@@ -142,6 +143,9 @@ class BrownConfig:
     nltk_data: Optional[str] = None
     split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     split_seed: int = 0
+    # document: one <eos> per document (sentences joined by newlines) | sentence: one per sentence (the
+    # split stays by document), so that sentence-level consumers (depenc.inducer) see sentence boundaries
+    by: str = field(default="document", metadata=choices("document", "sentence"))
 
 
 @dataclass

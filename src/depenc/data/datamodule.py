@@ -110,6 +110,8 @@ def compute_cache_key(cfg: Mapping[str, Any]) -> tuple[str, dict]:
         fingerprint["tokenizer_file"] = sources.files_fingerprint([tok_file])
     if cfg["source"] == "brown":
         fingerprint["brown"] = sources.brown_fingerprint((cfg.get("brown") or {}).get("nltk_data"))
+        if (hashed.get("brown") or {}).get("by") == "document":  # the default: caches built before the option stay valid
+            hashed["brown"] = {k: v for k, v in hashed["brown"].items() if k != "by"}
     elif cfg["source"] == "hf":
         fingerprint["hf"] = sources.hf_fingerprint(cfg)
     elif cfg["source"] == "synthetic":

@@ -607,17 +607,22 @@ def brown_genres(nltk_data: str | None = None, reader: Any = None) -> dict[str, 
 
 @dataclass(frozen=True)
 class BrownShard:
-    """Brown documents (``fileids``, their ``genres``): one sentence per line, words space-separated."""
+    """Brown documents (``fileids``, their ``genres``): one sentence per line, words space-separated; with
+    ``by="sentence"`` every sentence is a document of its own (an ``<eos>`` after each)."""
 
     nltk_data: str | None
     fileids: tuple
     genres: tuple
+    by: str = "document"
 
     def documents(self) -> Iterator[Document]:
         reader = brown_reader(self.nltk_data)
         for fid, genre in zip(self.fileids, self.genres):
-            text = "\n".join(" ".join(sent) for sent in reader.sents(fid))
-            yield Document(text, {"genre": genre, "fileid": fid})
+            sents = [" ".join(sent) for sent in reader.sents(fid)]
+            if self.by == "sentence":
+                yield from (Document(text, {"genre": genre, "fileid": fid, "sentence": i}) for i, text in enumerate(sents))
+            else:
+                yield Document("\n".join(sents), {"genre": genre, "fileid": fid})
 
 
 def _plan_brown(cfg: dict) -> CorpusPlan:
@@ -625,7 +630,8 @@ def _plan_brown(cfg: dict) -> CorpusPlan:
     nltk_data = bcfg.get("nltk_data")
     genre = brown_genres(nltk_data, brown_reader(nltk_data))
     parts = brown_split(genre, bcfg["split"], int(bcfg["split_seed"]))
-    splits = {s: [BrownShard(nltk_data, tuple(fids), tuple(genre[f] for f in fids))] for s, fids in parts.items()}
+    by = bcfg.get("by", "document")
+    splits = {s: [BrownShard(nltk_data, tuple(fids), tuple(genre[f] for f in fids), by)] for s, fids in parts.items()}
     return CorpusPlan(splits, whitespace_tokenised=True, source="brown")
 
 

@@ -36,23 +36,35 @@ def stripe(x: torch.Tensor, n: int, w: int, offset: tuple[int, int] = (0, 0), ho
     return x.as_strided((n, w, x.size(2)), (s0 + s1, step, s2), x.storage_offset() + offset[0] * s0 + offset[1] * s1)
 
 
-def eisner_inside(arc: torch.Tensor, root: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def eisner_inside(arc: torch.Tensor, root: torch.Tensor, lengths: torch.Tensor,
+                  arc_first: torch.Tensor | None = None) -> torch.Tensor:
     """log Z (S,) over single-root projective trees, summed in log space.
 
     arc: (S, n, n) log weight of the arc head h -> dependent d at [s, h, d]; root: (S, n) log weight of
     word r being the root's only child; lengths: (S,) words of each sentence (padding after them is
-    never read). Differentiable: d log Z / d arc[s, h, d] is the arc's posterior probability."""
+    never read). arc_first (S, n, n), optional: the weight instead when d is h's *nearest* child on its
+    side (valence: a head's first child in a direction is scored apart from the later ones).
+    Differentiable: d log Z / d arc[s, h, d] (+ d / d arc_first) is the arc's posterior probability."""
     S, n, _ = arc.shape
     a = arc.permute(1, 2, 0)  # (n, n, S): batch last so a span's chart cell is one stride
+    a1 = None if arc_first is None else arc_first.permute(1, 2, 0)
     # complete spans C (the head at one end, nothing more to attach inside) and incomplete spans I (an arc
     # between the two ends): r = headed at the left end, l = headed at the right end; [i, j] = span i..j
     Cr, Cl, Ir, Il = (arc.new_zeros(n, n, S) for _ in range(4))
     for w in range(1, n):
         m = n - w  # spans of width w: starts 0..m-1
         # an arc between i and j = i + w over a split point k: C_r[i, k] + C_l[k + 1, j]
-        split = (stripe(Cr, m, w) + stripe(Cl, m, w, (1, w), horizontal=False)).logsumexp(1)  # (m, S)
-        Ir.diagonal(w).copy_((split + a.diagonal(w).T).T)  # i -> j
-        Il.diagonal(w).copy_((split + a.diagonal(-w).T).T)  # j -> i
+        split = stripe(Cr, m, w) + stripe(Cl, m, w, (1, w), horizontal=False)  # (m, w, S): k = i .. j - 1
+        if a1 is None:
+            right = left = split.logsumexp(1)  # (m, S)
+            Ir.diagonal(w).copy_((right + a.diagonal(w).T).T)  # i -> j
+            Il.diagonal(w).copy_((left + a.diagonal(-w).T).T)  # j -> i
+        else:
+            # i -> j: j is i's nearest right child iff C_r[i, k] holds none of i's children (k = i); j -> i:
+            # i is j's nearest left child iff C_l[k + 1, j] holds none of j's (k = j - 1)
+            far_r, far_l = split[:, 1:].logsumexp(1), split[:, :-1].logsumexp(1)  # -inf at w = 1
+            Ir.diagonal(w).copy_(torch.logaddexp(split[:, 0] + a1.diagonal(w).T, far_r + a.diagonal(w).T).T)
+            Il.diagonal(w).copy_(torch.logaddexp(split[:, -1] + a1.diagonal(-w).T, far_l + a.diagonal(-w).T).T)
         Cr.diagonal(w).copy_((stripe(Ir, m, w, (0, 1)) + stripe(Cr, m, w, (1, w), horizontal=False)).logsumexp(1).T)
         Cl.diagonal(w).copy_((stripe(Cl, m, w) + stripe(Il, m, w, (0, w), horizontal=False)).logsumexp(1).T)
     # the root's child r: its left half C_l[0, r] and its right half C_r[r, length - 1]
@@ -118,14 +130,21 @@ class Segments:
 
 class HeadOutwardInducer(nn.Module):
     """The generative model above: p(child | head, direction) and the continue/stop odds from word
-    embeddings (its own, not the LM's), the root's child from one more row of logits."""
+    embeddings (its own, not the LM's), the root's child from one more row of logits.
+
+    ``locality`` (>= 0, set from outside, 0 by default): a structural bias (Smith & Eisner 2006) that
+    adds -locality * |h - d| to every arc's log weight while the posteriors are computed, so that early
+    in training the E-step prefers short arcs; annealed to 0, after which the model is the pure one."""
+
+    n_cont = 2  # continue logits: left, right
 
     def __init__(self, vocab_size: int, dim: int):
         super().__init__()
         self.emb = nn.Embedding(vocab_size, dim)  # the word as a head
         self.child = nn.ModuleList(nn.Linear(dim, vocab_size) for _ in range(2))  # left, right: p(child | head)
-        self.cont = nn.Linear(dim, 2)  # logits of "one more child" to the left, to the right
+        self.cont = nn.Linear(dim, self.n_cont)  # logits of "one more child"
         self.root = nn.Parameter(torch.zeros(vocab_size))  # logits of p(word | ROOT)
+        self.locality = 0.0
 
     def init_weights(self) -> None:
         nn.init.normal_(self.emb.weight, std=0.02)
@@ -134,25 +153,37 @@ class HeadOutwardInducer(nn.Module):
             nn.init.zeros_(lin.bias)
         nn.init.zeros_(self.root)
 
-    def factors(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(arc (S, n, n) log sigmoid(c_d(h)) + log p(w_d | w_h, d), root (S, n) log p(w_r | ROOT),
-        stop (S,) sum over the words of log sigmoid(-c_left) + log sigmoid(-c_right))."""
+    def _parts(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(child (S, n, n): log p(w_d | w_h, side of d), cont (S, n, n_cont) logits, to_right (n, n):
+        [h, d] = d right of h)."""
         S, n = words.shape
         e = self.emb(words)  # (S, n, dim)
-        cont = self.cont(e)  # (S, n, 2)
         child = words.unsqueeze(1).expand(S, n, n)  # [s, h, d] = w_d
         left, right = (F.log_softmax(lin(e), -1).gather(-1, child) for lin in self.child)  # (S, n, n)
         h = torch.arange(n, device=words.device)
-        to_right = h.view(1, -1) > h.view(-1, 1)  # [h, d]: d right of h
-        arc = torch.where(to_right, right + F.logsigmoid(cont[..., 1:]), left + F.logsigmoid(cont[..., :1]))
-        real = h.view(1, -1) < lengths.unsqueeze(1)  # (S, n)
-        stop = (F.logsigmoid(-cont).sum(-1) * real).sum(-1)  # (S,)
-        return arc, F.log_softmax(self.root, -1)[words], stop
+        to_right = h.view(1, -1) > h.view(-1, 1)
+        return torch.where(to_right, right, left), self.cont(e), to_right
 
-    def log_prob(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log p(sentence) (S,), arc (S, n, n): the arc scores, for posteriors by autograd)."""
-        arc, root, stop = self.factors(words, lengths)
-        return eisner_inside(arc, root, lengths) + stop, arc
+    def factors(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+        """((arc,): (S, n, n) log sigmoid(c_side(h)) + log p(w_d | w_h, side), root (S, n) log p(w_r | ROOT),
+        stop (S,) sum over the words of log sigmoid(-c_left) + log sigmoid(-c_right))."""
+        child, cont, to_right = self._parts(words)
+        arc = child + torch.where(to_right, F.logsigmoid(cont[..., 1:]), F.logsigmoid(cont[..., :1]))
+        real = torch.arange(words.size(1), device=words.device).view(1, -1) < lengths.unsqueeze(1)  # (S, n)
+        stop = (F.logsigmoid(-cont).sum(-1) * real).sum(-1)  # (S,)
+        return (arc,), F.log_softmax(self.root, -1)[words], stop
+
+    def log_prob(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(log p(sentence) (S,), the arc score tensors (S, n, n): an arc's posterior probability is the sum
+        of the gradients of log p with respect to them)."""
+        arcs, root, stop = self.factors(words, lengths)
+        scored = arcs
+        if self.locality:
+            n = words.size(1)
+            h = torch.arange(n, device=words.device)
+            dist = (h.view(1, -1) - h.view(-1, 1)).abs().to(arcs[0].dtype)  # (n, n)
+            scored = tuple(a - self.locality * dist for a in arcs)
+        return eisner_inside(scored[0], root, lengths, *scored[1:]) + stop, arcs
 
     def _posteriors(self, segs: Segments) -> tuple[torch.Tensor, torch.Tensor]:
         """(log p (S,), U (S, n, n) detached: the posterior probability of an arc between two words of a
@@ -161,21 +192,23 @@ class HeadOutwardInducer(nn.Module):
         when a block holds one long sentence among many short ones."""
         S, n = segs.words.shape
         groups = length_groups(segs.lengths)
-        parts = []  # (rows of the group, its log p, its arc scores)
+        parts = []  # (rows of the group, its log p, its arc score tensors)
         for rows in groups:
             m = int(segs.lengths[rows].max())
-            logp_g, arc_g = self.log_prob(segs.words[rows, :m], segs.lengths[rows])
-            parts.append((rows, logp_g, arc_g))
+            logp_g, arcs_g = self.log_prob(segs.words[rows, :m], segs.lengths[rows])
+            parts.append((rows, logp_g, arcs_g))
         # posterior of every arc: d log Z / d arc (the stop and root terms do not depend on the arcs)
         total = sum(lp.sum() for _, lp, _ in parts)
-        arcs = [a for _, _, a in parts]
-        posts = torch.autograd.grad(total, arcs, retain_graph=total.requires_grad, allow_unused=True)
-        posts = [torch.zeros_like(a) if p is None else p for a, p in zip(arcs, posts)]  # one-word sentences: no arc
+        flat = [a for _, _, arcs in parts for a in arcs]
+        grads = torch.autograd.grad(total, flat, retain_graph=total.requires_grad, allow_unused=True)
+        grads = [torch.zeros_like(a) if g is None else g for a, g in zip(flat, grads)]  # one-word sentences: no arc
         logp = torch.cat([lp for _, lp, _ in parts]).index_select(0, torch.cat(groups).argsort())  # (S,)
-        U = segs.words.new_zeros(S, n, n, dtype=posts[0].dtype)
-        for (rows, _, _), post in zip(parts, posts):
+        U = segs.words.new_zeros(S, n, n, dtype=flat[0].dtype)
+        k = len(parts[0][2])  # arc tensors per group
+        for g, (rows, _, _) in enumerate(parts):
+            post = sum(grads[g * k:(g + 1) * k])  # grad() without create_graph: already detached
             m = post.size(1)
-            U[rows, :m, :m] = post + post.transpose(1, 2)  # grad() without create_graph: already detached
+            U[rows, :m, :m] = post + post.transpose(1, 2)
         return logp, U
 
     def forward(self, idx: torch.Tensor, eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +237,29 @@ class HeadOutwardInducer(nn.Module):
         return out + val * same
 
 
+class ValenceInducer(HeadOutwardInducer):
+    """The head-outward model with valence (the DMV; Klein & Manning 2004, ``depenc.inducer=dmv``): the
+    continue/stop odds of a head in a direction depend on whether it already has a child there. A head
+    with k children on one side has probability sigmoid(-c0) if k = 0, else
+    sigmoid(c0) sigmoid(c1)^(k-1) sigmoid(-c1) times its children's words; written as the stop-at-once
+    term sigmoid(-c0) per head and side, an arc weight for the nearest child (sigmoid(c0) sigmoid(-c1) /
+    sigmoid(-c0)) and one for the later ones (sigmoid(c1)), which Eisner's algorithm tells apart."""
+
+    n_cont = 4  # continue logits: left and right without a child yet (c0), left and right with one (c1)
+
+    def factors(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
+        """((arc_later, arc_nearest) (S, n, n) each, root (S, n), stop (S,): sum of log sigmoid(-c0) over
+        the words and sides)."""
+        child, cont, to_right = self._parts(words)
+        side = lambda t: torch.where(to_right, t[..., 1:2], t[..., 0:1])  # (S, n, 1) -> (S, n, n): h's side of d
+        c0, c1 = side(cont[..., :2]), side(cont[..., 2:])
+        later = child + F.logsigmoid(c1)
+        nearest = child + F.logsigmoid(c0) - F.logsigmoid(-c0) + F.logsigmoid(-c1)
+        real = torch.arange(words.size(1), device=words.device).view(1, -1) < lengths.unsqueeze(1)  # (S, n)
+        stop = (F.logsigmoid(-cont[..., :2]).sum(-1) * real).sum(-1)  # (S,)
+        return (later, nearest), F.log_softmax(self.root, -1)[words], stop
+
+
 def distill_loss(P: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the causal parser's rows P (B, T, T) against target rows (B, T, T), averaged
     over the rows that have a target."""
@@ -212,3 +268,7 @@ def distill_loss(P: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return P.new_zeros(())
     ce = -(rows * P.float().clamp(min=1e-9).log()).sum(-1)  # (B, T)
     return ce[has].mean()
+
+
+# depenc.inducer: the whole-sentence inducers, by name
+INDUCERS = {"inside": HeadOutwardInducer, "dmv": ValenceInducer}

@@ -20,7 +20,7 @@ from depenc.models.attention import (AttnContext, CausalSelfAttention, DepBiasAt
                                     DepMixAttention, cache_append)
 from depenc.schema import ModelConfig
 from depenc.models.depenc import DependencyEncoder
-from depenc.models.inducer import HeadOutwardInducer, distill_loss
+from depenc.models.inducer import INDUCERS, distill_loss
 
 
 
@@ -131,8 +131,8 @@ class Transformer(nn.Module):
         self.head_mixture = HeadMixture(cfg) if mixture else None  # the output through the candidate heads
         self.encoder = DependencyEncoder(cfg.depenc, cfg.n_embd, cfg.block_size, cfg.bias) if cfg.has_encoder else None
         self.parser_layer = cfg.depenc.parser_layer if cfg.has_encoder else -1
-        inducer = cfg.has_encoder and cfg.depenc.inducer == "inside"  # training only: never used to predict
-        self.inducer = HeadOutwardInducer(cfg.vocab_size, cfg.depenc.inducer_dim) if inducer else None
+        inducer = cfg.has_encoder and cfg.depenc.inducer != "none"  # training only: never used to predict
+        self.inducer = INDUCERS[cfg.depenc.inducer](cfg.vocab_size, cfg.depenc.inducer_dim) if inducer else None
         self.use_dep_attention = True  # False: the zero_lambda ablation
         if cfg.pos == "alibi":
             self.register_buffer("alibi_slopes", alibi_slopes(cfg.n_head), persistent=False)
