@@ -116,8 +116,8 @@ def chain_heads(n: int) -> list[int]:
 
 def head_outward_events(sents: list, vocab: dict, trees: str) -> tuple[torch.Tensor, ...]:
     """Every generation event of the head-outward story along a given tree of each sentence ("gold" or
-    "chain"): (head word, side, previous sibling's word or V = none, child's word or V = stop), children
-    taken nearest first; and the root words."""
+    "chain"): (head word, side, previous sibling's word or V = none, child's word or V = stop, the head's
+    own head's word or V = the root), children taken nearest first; and the root words."""
     V = len(vocab)
     ev, roots = [], []
     for sent in sents:
@@ -125,11 +125,12 @@ def head_outward_events(sents: list, vocab: dict, trees: str) -> tuple[torch.Ten
         heads = sent.heads if trees == "gold" else chain_heads(len(w))
         roots.append(w[heads.index(0)])
         for h in range(len(w)):
+            grand = w[heads[h] - 1] if heads[h] else V
             for side in (0, 1):
                 kids = sorted((d for d, g in enumerate(heads) if g - 1 == h and (d > h) == bool(side)), key=lambda d: abs(d - h))
                 prev = V
                 for d in [*kids, None]:
-                    ev.append((w[h], side, prev, V if d is None else w[d]))
+                    ev.append((w[h], side, prev, V if d is None else w[d], grand))
                     prev = V if d is None else w[d]
     return (*torch.tensor(ev).T, torch.tensor(roots))
 
@@ -137,39 +138,47 @@ def head_outward_events(sents: list, vocab: dict, trees: str) -> tuple[torch.Ten
 def tree_family_check(train: list, held: list, vocab: dict, seed: int, epochs: int = 6) -> dict:
     """Where the head-outward family's likelihood lies: the model fitted by maximum likelihood on given trees
     (supervised), its held-out joint -log p(tree, sentence) per word, for the gold trees and for the chain,
-    with children conditioned on the head and valence (the DMV) or on the head and the previous sibling
-    (Eisner's model C). A family whose chain is more likely than its gold trees cannot be led to the gold
+    with children conditioned on the head and valence (the DMV), on the head and the previous sibling
+    (Eisner's model C), or on those and the head's own head (a grandparent). A family whose chain is more likely than its gold trees cannot be led to the gold
     trees by its own likelihood, however it is searched."""
     V = len(vocab)
     out = {}
-    for cond in ("valence", "sibling"):
+    for cond in ("valence", "sibling", "sibling+grandparent"):
         for trees in ("gold", "chain"):
             torch.manual_seed(seed)
-            H, D, P, C, R = head_outward_events(train, vocab, trees)
+            H, D, P, C, G, R = head_outward_events(train, vocab, trees)
             emb = nn.Embedding(V, 64)
-            ctx = nn.Embedding(V + 1, 64) if cond == "sibling" else nn.Embedding(2, 64)
+            ctx = nn.Embedding(2, 64) if cond == "valence" else nn.Embedding(V + 1, 64)
+            grand = nn.Embedding(V + 1, 64)  # sibling+grandparent only
             heads_out = nn.ModuleList(nn.Linear(64, V + 1) for _ in range(2))  # per side: a child's word or stop
-            params = [*emb.parameters(), *ctx.parameters(), *heads_out.parameters()]
+            params = [*emb.parameters(), *ctx.parameters(), *grand.parameters(), *heads_out.parameters()]
             opt = torch.optim.Adam(params, lr=3e-3)
 
-            def nll(H, D, P, C):
-                c = ctx(P) if cond == "sibling" else ctx((P != V).long())
+            def nll(H, D, P, C, G, per_event=False):
+                c = ctx((P != V).long()) if cond == "valence" else ctx(P)
+                if cond == "sibling+grandparent":
+                    c = c + grand(G)
                 x = torch.tanh(emb(H) + c)
                 logits = torch.where(D[:, None] == 1, heads_out[1](x), heads_out[0](x))
-                return -F.log_softmax(logits, -1).gather(1, C[:, None]).sum()
+                each = -F.log_softmax(logits, -1).gather(1, C[:, None])[:, 0]
+                return each if per_event else each.sum()
 
             for _ in range(epochs):
                 for j in torch.randperm(len(H)).split(8192):
-                    loss = nll(H[j], D[j], P[j], C[j]) / len(j)
+                    loss = nll(H[j], D[j], P[j], C[j], G[j]) / len(j)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
             root_logp = (torch.bincount(R, minlength=V).double() + 0.01).log()
             root_logp -= root_logp.logsumexp(0)
-            Hh, Dh, Ph, Ch, Rh = head_outward_events(held, vocab, trees)
+            Hh, Dh, Ph, Ch, Gh, Rh = head_outward_events(held, vocab, trees)
             with torch.no_grad():
-                total = nll(Hh, Dh, Ph, Ch).item() - root_logp[Rh].sum().item()
-            out[f"{cond}/{trees}"] = total / sum(len(x.tokens) for x in held)
+                each = nll(Hh, Dh, Ph, Ch, Gh, per_event=True)
+            words = sum(len(x.tokens) for x in held)
+            out[f"{cond}/{trees}"] = (each.sum().item() - root_logp[Rh].sum().item()) / words
+            # where the difference lies: the children's words (with their "continue") and the stops
+            out[f"{cond}/{trees}/children"] = each[Ch != V].sum().item() / words
+            out[f"{cond}/{trees}/stops"] = each[Ch == V].sum().item() / words
     return out
 
 
@@ -207,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tree-check", action="store_true",
                     help="also fit the head-outward family on the gold trees and on the chain (supervised) and "
                          "report their held-out likelihoods, with a bigram reference")
-    ap.add_argument("--split", default="test")
+    ap.add_argument("--split", default="test", choices=["validation", "test"])
+    ap.add_argument("--n-held", type=int, default=0, help="sentences of the held-out split (0 = the split's default, 2,000)")
+    ap.add_argument("--tree-epochs", type=int, default=6, help="--tree-check: epochs of each supervised fit")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=None, help="write the result as JSON here")
     args = ap.parse_args(argv)
 
     torch.manual_seed(args.seed)
-    cfg = SyntheticConfig(n_train=args.n_train)
+    cfg = SyntheticConfig(n_train=args.n_train, **({f"n_{args.split}": args.n_held} if args.n_held else {}))
     vocab = {w: i for i, w in enumerate(vocabulary(cfg))}
     train, held = make_split(cfg, "train"), make_split(cfg, args.split)
     model = INDUCERS[args.inducer](len(vocab), args.dim)
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     model.locality = 0.0
     res = {"args": vars(args), "scores": score(model, held, vocab), "seconds": round(time.time() - t0, 1)}
     if args.tree_check:
-        res["tree_family_nll_per_word"] = tree_family_check(train, held, vocab, args.seed)
+        res["tree_family_nll_per_word"] = tree_family_check(train, held, vocab, args.seed, args.tree_epochs)
         res["bigram_nll_per_word"] = bigram_nll_per_word(train, held, vocab)
         print("held-out -log p per word along given trees:", res["tree_family_nll_per_word"],
               f"bigram {res['bigram_nll_per_word']:.4f}")

@@ -1,4 +1,4 @@
-"""A whole-sentence structure inducer for training only (``depenc.inducer=inside``; issue 18 variant c).
+"""A whole-sentence structure inducer for training only (``depenc.inducer=inside|dmv``; issue 18 variant c).
 
 An unsupervised auxiliary objective, beyond the paper's "no auxiliary objective": a head-outward
 generative dependency model (DMV without valence; Klein & Manning 2004) reads every sentence of the
@@ -12,6 +12,11 @@ p(r | ROOT) * prod_arcs sigmoid(c_d(h)) p(child | h, d) * prod_h,d sigmoid(-c_d(
 algorithm sums it over all projective trees exactly: log p(sentence) is trained by gradient ascent
 (marginal likelihood, the gradient is EM's), and the gradient of log Z with respect to the arc scores
 is every arc's posterior probability given the whole sentence.
+
+``dmv`` (:class:`ValenceInducer`) is the same story with valence, the DMV proper: the continue/stop odds
+of a head on a side depend on whether it already has a child there.
+``scripts/teacher_probe.py`` trains either alone and scores its trees (docs/structure-study-2.md: on the
+synthetic grammar the family's likelihood ranks the chain above the gold trees).
 
 Those posteriors train the causal parser: row i of the encoder (target=next: where word i+1 attaches
 among words <= i) is pulled towards the inducer's posterior over word i+1's left relatives (its head
