@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -207,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=256, help="sentences per step")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--optim", choices=["adam", "lm"], default="adam",
+                    help="adam: plain Adam at --lr | lm: the LM's recipe (AdamW, weight decay 0.1 on matrices, "
+                         "100 warmup steps, cosine to 0.1 x lr, gradient clipping at 1)")
     ap.add_argument("--locality", type=float, default=0.0, help="initial structural bias: -locality * |h - d| per arc")
     ap.add_argument("--anneal", type=int, default=0, help="steps over which the locality bias falls linearly to 0")
     ap.add_argument("--supervised", action="store_true",
@@ -229,7 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     train, held = make_split(cfg, "train"), make_split(cfg, args.split)
     model = INDUCERS[args.inducer](len(vocab), args.dim)
     model.init_weights()
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr)
+    if args.optim == "lm":  # the LM's recipe (base.yaml optim): AdamW, decay on matrices, warmup + cosine, clipping
+        mats = [p for p in model.parameters() if p.dim() >= 2]
+        rest = [p for p in model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": mats, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                lr=args.lr, betas=(0.9, 0.95))
+        warm = 100
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (t + 1) / warm if t < warm else
+                                                  0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, args.steps - warm))))
+    else:
+        opt, sched = torch.optim.Adam(model.parameters(), lr=args.lr), None
     it = batches(train, vocab, args.batch, random.Random(args.seed))
     t0 = time.time()
     for step in range(1, args.steps + 1):
@@ -244,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             loss = -logp.sum() / lengths.sum()
         opt.zero_grad()
         loss.backward()
+        if sched is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if sched is not None:
+            sched.step()
         if step % 100 == 0 or step == args.steps:
             print(f"step {step} nll/word {loss.item():.4f} locality {model.locality:.3f} ({time.time() - t0:.0f} s)", flush=True)
     model.locality = 0.0
