@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--optim", choices=["adam", "lm"], default="adam",
                     help="adam: plain Adam at --lr | lm: the LM's recipe (AdamW, weight decay 0.1 on matrices, "
                          "100 warmup steps, cosine to 0.1 x lr, gradient clipping at 1)")
+    ap.add_argument("--weight-decay", type=float, default=0.1, help="--optim lm: AdamW's weight decay on matrices")
+    ap.add_argument("--warmup", type=int, default=100, help="--optim lm: linear warmup steps")
+    ap.add_argument("--clip", type=float, default=1.0, help="--optim lm: gradient-norm clipping (0 = off)")
     ap.add_argument("--locality", type=float, default=0.0, help="initial structural bias: -locality * |h - d| per arc")
     ap.add_argument("--anneal", type=int, default=0, help="steps over which the locality bias falls linearly to 0")
     ap.add_argument("--supervised", action="store_true",
@@ -236,9 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.optim == "lm":  # the LM's recipe (base.yaml optim): AdamW, decay on matrices, warmup + cosine, clipping
         mats = [p for p in model.parameters() if p.dim() >= 2]
         rest = [p for p in model.parameters() if p.dim() < 2]
-        opt = torch.optim.AdamW([{"params": mats, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+        opt = torch.optim.AdamW([{"params": mats, "weight_decay": args.weight_decay}, {"params": rest, "weight_decay": 0.0}],
                                 lr=args.lr, betas=(0.9, 0.95))
-        warm = 100
+        warm = args.warmup
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: (t + 1) / warm if t < warm else
                                                   0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (t - warm) / max(1, args.steps - warm))))
     else:
@@ -257,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             loss = -logp.sum() / lengths.sum()
         opt.zero_grad()
         loss.backward()
-        if sched is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if sched is not None and args.clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
         if sched is not None:
             sched.step()

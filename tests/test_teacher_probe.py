@@ -19,7 +19,7 @@ from depenc.data.synthetic.grammar import Sentence  # noqa: E402
 def test_tiny_probe_scores_its_trees_against_the_chain(tmp_path):
     out = tmp_path / "probe.json"
     args = ["--inducer", "dmv", "--steps", "3", "--n-train", "64", "--batch", "16", "--n-held", "24",
-            "--tree-check", "--tree-epochs", "1", "--locality", "1.0", "--anneal", "2", "--out", str(out)]
+            "--tree-check", "--tree-epochs", "1", "--locality", "1.0", "--anneal", "2", "--optim", "lm", "--out", str(out)]
     assert teacher_probe.main(args) == 0
     res = json.loads(out.read_text())
     sc = res["scores"]
