@@ -25,13 +25,13 @@ import json
 import sys
 from pathlib import Path
 
+from depenc.evaluation.excess import CATEGORIES  # the target token's category, the excess callback's order
+
 EXCESS = [("test", "excess/test/excess"), ("test KL", "excess/test/kl"), ("test_long", "excess/test_long/excess"),
           ("validation", "excess/validation/excess")]
 BUCKETS = ["uuas", "uuas_len_1-10", "uuas_len_11-20", "uuas_len_21-40", "uuas_len_>40"]
 ARCS = ["recall_arc_1", "recall_arc_2", "recall_arc_3-4", "recall_arc_5-8", "recall_arc_>8"]
 AGREE = [f"dist_{b}" for b in ("0-3", "4-7", "8-12", ">12")] + [f"attr_{b}" for b in ("0", "1", "2", "3+")]
-# the target token's category (depenc.evaluation.excess.CATEGORIES), test split
-CATEGORIES = ("det", "noun", "verb", "adj", "adv", "prep", "rel_that", "comp_that", "and", "period", "eos")
 DEPTHS = ("test_depth3", "test_depth4", "test_depth5", "test_depth6")  # depth-split runs (n_test_depth > 0)
 
 

@@ -17,13 +17,12 @@ import random
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from depenc.data.synthetic import SyntheticConfig, make_split, vocabulary
-from depenc.metrics.alignment import gold_edges, length_bucket, max_spanning_tree
+from depenc.metrics.alignment import chain_edges, gold_edges, length_bucket, max_spanning_tree
 from depenc.models.inducer import INDUCERS, Segments
 
 
@@ -45,6 +44,19 @@ def encode(sents: list, vocab: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return words, lengths
 
 
+def sentence_batch(words: torch.Tensor, lengths: torch.Tensor) -> Segments:
+    """Whole sentences (S, n) as the inducer's segments (no block positions: only words and lengths are read)."""
+    none = torch.zeros(1, 1, dtype=torch.long)
+    return Segments(words, lengths, none, none)
+
+
+def children_nearest_first(heads: list[int], h: int, side: int) -> list[int]:
+    """0-based dependents of word h (0-based; ``heads`` 1-based, 0 = root) on one side (0 left, 1 right),
+    nearest first: the order in which the head-outward story generates them."""
+    kids = (d for d, g in enumerate(heads) if g - 1 == h and (d > h) == bool(side))
+    return sorted(kids, key=lambda d: abs(d - h))
+
+
 def gold_masks(sents: list, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(later (S, n, n), nearest (S, n, n), root (S,)): the gold arcs [h, d], split by whether d is h's
     nearest child on its side, and each sentence's root word."""
@@ -56,8 +68,8 @@ def gold_masks(sents: list, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.T
                 root[s] = d
                 continue
             h -= 1
-            side = [e for e, g in enumerate(sent.heads) if g - 1 == h and (e > h) == (d > h)]
-            (nearest if d == min(side, key=lambda e: abs(e - h)) else later)[s, h, d] = 1.0
+            first = children_nearest_first(sent.heads, h, int(d > h))[0]
+            (nearest if d == first else later)[s, h, d] = 1.0
     return later, nearest, root
 
 
@@ -80,9 +92,8 @@ def score(model, sents: list, vocab: dict) -> dict:
     for i in range(0, len(sents), 256):
         part = sents[i:i + 256]
         words, lengths = encode(part, vocab)
-        segs = Segments(words, lengths, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
         with torch.enable_grad():
-            logp, U = model._posteriors(segs)
+            logp, U = model._posteriors(sentence_batch(words, lengths))
         with torch.no_grad():
             nll[0] -= logp.sum().item()
             nll[1] -= tree_log_prob(model, words, lengths, part).sum().item()
@@ -91,7 +102,7 @@ def score(model, sents: list, vocab: dict) -> dict:
             n = len(sent.tokens)
             gold = gold_edges(sent.heads)
             pred = set(max_spanning_tree(U[s, :n, :n].numpy()))
-            ch = {(k, k + 1) for k in range(n - 1)}
+            ch = set(chain_edges(n))
             for d, (h, rel) in enumerate(zip(sent.heads, sent.deprels)):  # recall of gold arcs by relation
                 if h:
                     e = (min(d, h - 1), max(d, h - 1))
@@ -128,9 +139,8 @@ def head_outward_events(sents: list, vocab: dict, trees: str) -> tuple[torch.Ten
         for h in range(len(w)):
             grand = w[heads[h] - 1] if heads[h] else V
             for side in (0, 1):
-                kids = sorted((d for d, g in enumerate(heads) if g - 1 == h and (d > h) == bool(side)), key=lambda d: abs(d - h))
                 prev = V
-                for d in [*kids, None]:
+                for d in [*children_nearest_first(heads, h, side), None]:
                     ev.append((w[h], side, prev, V if d is None else w[d], grand))
                     prev = V if d is None else w[d]
     return (*torch.tensor(ev).T, torch.tensor(roots))
@@ -140,8 +150,8 @@ def tree_family_check(train: list, held: list, vocab: dict, seed: int, epochs: i
     """Where the head-outward family's likelihood lies: the model fitted by maximum likelihood on given trees
     (supervised), its held-out joint -log p(tree, sentence) per word, for the gold trees and for the chain,
     with children conditioned on the head and valence (the DMV), on the head and the previous sibling
-    (Eisner's model C), or on those and the head's own head (a grandparent). A family whose chain is more likely than its gold trees cannot be led to the gold
-    trees by its own likelihood, however it is searched."""
+    (Eisner's model C), or on those and the head's own head (a grandparent). A family whose chain is more
+    likely than its gold trees is not led to the gold trees by its own likelihood."""
     V = len(vocab)
     out = {}
     for cond in ("valence", "sibling", "sibling+grandparent"):
@@ -255,8 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.supervised or step <= args.supervised_steps:
             loss = -tree_log_prob(model, words, lengths, sents).sum() / lengths.sum()
         else:
-            segs = Segments(words, lengths, torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
-            logp, _ = model._posteriors(segs)
+            logp, _ = model._posteriors(sentence_batch(words, lengths))
             loss = -logp.sum() / lengths.sum()
         opt.zero_grad()
         loss.backward()

@@ -158,23 +158,23 @@ class HeadOutwardInducer(nn.Module):
             nn.init.zeros_(lin.bias)
         nn.init.zeros_(self.root)
 
-    def _parts(self, words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _parts(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(child (S, n, n): log p(w_d | w_h, side of d), cont (S, n, n_cont) logits, to_right (n, n):
-        [h, d] = d right of h)."""
+        [h, d] = d right of h, real (S, n): a word, not padding)."""
         S, n = words.shape
         e = self.emb(words)  # (S, n, dim)
         child = words.unsqueeze(1).expand(S, n, n)  # [s, h, d] = w_d
         left, right = (F.log_softmax(lin(e), -1).gather(-1, child) for lin in self.child)  # (S, n, n)
         h = torch.arange(n, device=words.device)
         to_right = h.view(1, -1) > h.view(-1, 1)
-        return torch.where(to_right, right, left), self.cont(e), to_right
+        real = h.view(1, -1) < lengths.unsqueeze(1)
+        return torch.where(to_right, right, left), self.cont(e), to_right, real
 
     def factors(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
         """((arc,): (S, n, n) log sigmoid(c_side(h)) + log p(w_d | w_h, side), root (S, n) log p(w_r | ROOT),
         stop (S,) sum over the words of log sigmoid(-c_left) + log sigmoid(-c_right))."""
-        child, cont, to_right = self._parts(words)
+        child, cont, to_right, real = self._parts(words, lengths)
         arc = child + torch.where(to_right, F.logsigmoid(cont[..., 1:]), F.logsigmoid(cont[..., :1]))
-        real = torch.arange(words.size(1), device=words.device).view(1, -1) < lengths.unsqueeze(1)  # (S, n)
         stop = (F.logsigmoid(-cont).sum(-1) * real).sum(-1)  # (S,)
         return (arc,), F.log_softmax(self.root, -1)[words], stop
 
@@ -255,12 +255,11 @@ class ValenceInducer(HeadOutwardInducer):
     def factors(self, words: torch.Tensor, lengths: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor]:
         """((arc_later, arc_nearest) (S, n, n) each, root (S, n), stop (S,): sum of log sigmoid(-c0) over
         the words and sides)."""
-        child, cont, to_right = self._parts(words)
+        child, cont, to_right, real = self._parts(words, lengths)
         side = lambda t: torch.where(to_right, t[..., 1:2], t[..., 0:1])  # (S, n, 1) -> (S, n, n): h's side of d
         c0, c1 = side(cont[..., :2]), side(cont[..., 2:])
         later = child + F.logsigmoid(c1)
         nearest = child + F.logsigmoid(c0) - F.logsigmoid(-c0) + F.logsigmoid(-c1)
-        real = torch.arange(words.size(1), device=words.device).view(1, -1) < lengths.unsqueeze(1)  # (S, n)
         stop = (F.logsigmoid(-cont[..., :2]).sum(-1) * real).sum(-1)  # (S,)
         return (later, nearest), F.log_softmax(self.root, -1)[words], stop
 
